@@ -1,0 +1,355 @@
+"""Reading the CTS over HTTP: the few GET endpoints the exporter needs, and nothing else.
+
+The exporter's token is a CTS administrator's and could change jobs, so this client offers
+GET requests only. Every failure becomes a CtsError whose ``reason`` is one of a closed set
+(the label of ``cts_exporter_scan_errors_total``) and whose message names the endpoint and the
+cause, never the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+import pydantic
+
+log = logging.getLogger(__name__)
+
+ErrorReason = Literal["connect", "timeout", "auth", "http", "payload"]
+ERROR_REASONS: tuple[ErrorReason, ...] = ("connect", "timeout", "auth", "http", "payload")
+
+ADMIN_ROLE = "full_admin"
+
+Model = TypeVar("Model", bound="pydantic.BaseModel")
+
+
+class CtsError(Exception):
+    """A CTS call that failed; ``reason`` says which kind of failure it was."""
+
+    def __init__(self, reason: ErrorReason, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason: ErrorReason = reason
+        self.status = status
+
+
+# ---- payloads -------------------------------------------------------------------------------
+# Only the fields the exporter reads are declared; the CTS sends many more, which are ignored.
+# Times stay strings here: a job with an unreadable time is set aside on its own instead of
+# failing the whole page.
+
+
+class _Payload(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+
+class Transition(_Payload):
+    """One entry of a job's ``transition_times``."""
+
+    state: str
+    time: str
+
+
+class JobImage(_Payload):
+    """The part of a job's ``image`` the exporter labels series with."""
+
+    name: str = ""
+
+
+class JobInput(_Payload):
+    """The part of a job's ``job_input`` the exporter labels series with."""
+
+    cluster: str = ""
+
+
+class JobRow(_Payload):
+    """A job as the list endpoints and the status endpoints return it."""
+
+    id: str
+    state: str
+    user: str = ""
+    transition_times: list[Transition] = []
+    admin_meta: dict[str, Any] = {}
+    job_input: JobInput | None = None
+    image: JobImage | None = None
+
+
+class JobPage(_Payload):
+    """The body of ``GET /admin/jobs`` and ``GET /jobs``."""
+
+    jobs: list[JobRow]
+
+
+class ServiceInfo(_Payload):
+    """The body of ``GET /``."""
+
+    service_name: str
+    version: str = ""
+    git_hash: str = ""
+    server_time: str = ""
+
+
+class Identity(_Payload):
+    """The body of ``GET /whoami``."""
+
+    user: str
+    roles: list[str] = []
+
+    @property
+    def is_admin(self) -> bool:
+        """True when the token may list every user's jobs."""
+        return ADMIN_ROLE in self.roles
+
+
+# ---- the token ------------------------------------------------------------------------------
+
+
+class TokenSource:
+    """The CTS token, from a file that is read again whenever it changes, or a fixed value.
+
+    Rotating the token means replacing the file; the next request uses the new one.
+    """
+
+    def __init__(self, path: Path | None = None, value: str | None = None) -> None:
+        if path is None and not value:
+            raise ValueError("a CTS token is needed: give a token file or a token value")
+        self._path = path
+        self._token = value or ""
+        self._stamp: tuple[float, int] | None = None
+        if path is not None:
+            self.current()
+
+    def current(self) -> str:
+        """The token to send now; raises TokenError when the file cannot be used."""
+        if self._path is None:
+            return self._token
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime, stat.st_size)
+            if stamp != self._stamp:
+                token = self._path.read_text(encoding="utf-8").strip()
+                if not token:
+                    raise TokenError(f"token file {self._path} is empty")
+                self._token, self._stamp = token, stamp
+        except OSError as error:
+            raise TokenError(f"cannot read token file {self._path}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise TokenError(f"token file {self._path} is not UTF-8 text") from None
+        return self._token
+
+
+class TokenError(Exception):
+    """The token file is missing, empty or unreadable."""
+
+
+# ---- the client -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry a GET that may succeed on a second try."""
+
+    attempts: int = 4
+    first_backoff: float = 0.5
+    max_backoff: float = 10.0
+
+
+RequestObserver = Callable[[str, float], None]
+
+
+class CtsClient:
+    """An async client for the CTS's read-only endpoints."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenSource,
+        *,
+        timeout: float = 30.0,
+        ca_bundle: Path | None = None,
+        max_body_bytes: int = 256 * 1024 * 1024,
+        retry: RetryPolicy | None = None,
+        on_request: RequestObserver | None = None,
+    ) -> None:
+        verify: ssl.SSLContext | bool = True
+        if ca_bundle is not None:
+            verify = ssl.create_default_context(cafile=str(ca_bundle))
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            verify=verify,
+            follow_redirects=False,
+            headers={"Accept": "application/json"},
+        )
+        self._token = token
+        self._max_body_bytes = max_body_bytes
+        self._retry = retry or RetryPolicy()
+        self._on_request = on_request
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def service_info(self) -> ServiceInfo:
+        """``GET /``: the service's name, version and clock."""
+        return await self._get("/", ServiceInfo)
+
+    async def whoami(self) -> Identity:
+        """``GET /whoami``: whose token this is and whether it is an admin's."""
+        return await self._get("/whoami", Identity)
+
+    async def list_jobs(
+        self, *, admin: bool, after: datetime, before: datetime | None, limit: int
+    ) -> JobPage:
+        """One page of jobs whose last transition is in [after, before), newest first."""
+        params = {"after": _iso(after), "limit": str(limit)}
+        if before is not None:
+            params["before"] = _iso(before)
+        return await self._get("/admin/jobs" if admin else "/jobs", JobPage, params)
+
+    async def job_status(self, job_id: str) -> JobRow:
+        """``GET /jobs/{id}/status``: one job, for its owner only."""
+        return await self._get(f"/jobs/{job_id}/status", JobRow, endpoint="/jobs/{id}/status")
+
+    async def admin_job(self, job_id: str) -> JobRow:
+        """``GET /admin/jobs/{id}``: one job, for an admin."""
+        return await self._get(f"/admin/jobs/{job_id}", JobRow, endpoint="/admin/jobs/{id}")
+
+    async def _get(
+        self,
+        path: str,
+        model: type[Model],
+        params: dict[str, str] | None = None,
+        endpoint: str | None = None,
+    ) -> Model:
+        """GET a path and read its body as ``model``, retrying what may pass on a retry."""
+        endpoint = endpoint or path
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                body = await self._get_once(path, params, endpoint)
+            except _Retryable as failure:
+                if attempt == self._retry.attempts:
+                    raise failure.error from None
+                pause = failure.retry_after
+                if pause is None:
+                    ceiling = self._retry.first_backoff * 2 ** (attempt - 1)
+                    pause = random.uniform(0, min(ceiling, self._retry.max_backoff))  # noqa: S311
+                log.warning("%s; retrying in %.1fs", failure.error, pause)
+                await asyncio.sleep(pause)
+                continue
+            try:
+                return model.model_validate_json(body)
+            except pydantic.ValidationError as error:
+                raise CtsError("payload", f"GET {endpoint}: {_describe(error)}") from None
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _get_once(self, path: str, params: dict[str, str] | None, endpoint: str) -> bytes:
+        """One GET; returns the body of a 2xx answer or raises CtsError or _Retryable."""
+        try:
+            token = self._token.current()
+        except TokenError as error:
+            raise CtsError("auth", str(error)) from None
+        headers = {"Authorization": f"Bearer {token}"}
+        started = time.perf_counter()
+        try:
+            async with self._http.stream("GET", path, params=params, headers=headers) as answer:
+                body = await self._read_capped(answer, endpoint)
+        except httpx.TimeoutException as error:
+            raise _Retryable(CtsError("timeout", f"GET {endpoint}: {_kind(error)}")) from None
+        except (httpx.TransportError, httpx.StreamError) as error:
+            raise _Retryable(CtsError("connect", f"GET {endpoint}: {_kind(error)}")) from None
+        finally:
+            if self._on_request is not None:
+                self._on_request(endpoint, time.perf_counter() - started)
+
+        status = answer.status_code
+        if 200 <= status < 300:
+            return body
+        failure = f"GET {endpoint}: HTTP {status}{_cts_message(body)}"
+        if status in (401, 403):
+            raise CtsError("auth", failure, status)
+        if status == 429 or status >= 500:
+            retry_after = _retry_after(answer.headers.get("Retry-After"))
+            raise _Retryable(CtsError("http", failure, status), retry_after)
+        raise CtsError("http", failure, status)
+
+    async def _read_capped(self, answer: httpx.Response, endpoint: str) -> bytes:
+        """The whole body, refusing one larger than the cap before it fills memory."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in answer.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_body_bytes:
+                raise CtsError(
+                    "payload",
+                    f"GET {endpoint}: body larger than {self._max_body_bytes} bytes",
+                    answer.status_code,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _Retryable(Exception):
+    """A failure worth another try, with the server's requested pause if it gave one."""
+
+    def __init__(self, error: CtsError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def _iso(moment: datetime) -> str:
+    """A time as the CTS wants it in a query: ISO-8601 with a zone, to the millisecond."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header given in seconds or as an HTTP date."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _cts_message(body: bytes) -> str:
+    """The CTS's own explanation from an error body, when it sent one."""
+    try:
+        error = pydantic.TypeAdapter(dict[str, Any]).validate_json(body).get("error")
+    except pydantic.ValidationError:
+        return ""
+    if not isinstance(error, dict):
+        return ""
+    parts = [str(error[key]) for key in ("appcode", "message") if error.get(key) is not None]
+    if not parts:
+        parts = [str(error.get("httpstatus", ""))]
+    return ": " + " ".join(parts)[:300]
+
+
+def _kind(error: Exception) -> str:
+    """A short, token-free description of a transport failure."""
+    detail = str(error).strip()
+    return f"{type(error).__name__}: {detail[:200]}" if detail else type(error).__name__
+
+
+def _describe(error: pydantic.ValidationError) -> str:
+    """The first validation problem of a body, without echoing large values."""
+    first = error.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"unexpected body at {where}: {first['msg']}"

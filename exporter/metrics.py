@@ -1,0 +1,315 @@
+"""Turning scans into Prometheus metrics.
+
+Two kinds of series live here. Cumulative ones (scan counts, finished imports, latency
+histograms, request durations) are ordinary prometheus-client instruments, updated once per
+scan. The picture of the jobs is rendered by SnapshotCollector afresh on every scrape from the
+last successful scan: a job that leaves the window leaves ``/metrics`` with it, and ages are
+measured at the moment of the scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.cts import ERROR_REASONS, ErrorReason
+from exporter.imports import FINISHED_STATUSES, ImportStatus
+from exporter.scan import JOB_STATES, JobRecord, Snapshot
+
+# Imports take from seconds (nothing to import) to a day (a backlog behind a CSE outage).
+IMPORT_BUCKETS = (
+    1,
+    5,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1200,
+    1800,
+    3600,
+    7200,
+    14400,
+    28800,
+    43200,
+    86400,
+)
+REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+JOB_LABELS = ("job_id", "user", "cluster", "image")
+
+
+@dataclass
+class ScanHealth:
+    """How the exporter's contact with the CTS is going; read on every scrape."""
+
+    last_success: bool = False
+    last_success_at: float = 0.0
+    last_duration: float = 0.0
+    admin_mode: bool | None = None
+    clock_skew: float | None = None
+    cts_version: str | None = None
+    cts_git_hash: str = ""
+    last_error: str | None = None
+
+
+class ExporterMetrics:
+    """Every metric the exporter serves, in a registry of its own."""
+
+    def __init__(self, max_job_series: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.health = ScanHealth()
+        self.snapshot: Snapshot | None = None
+        self.max_job_series = max_job_series
+
+        self.scans = Counter(
+            "cts_exporter_scans", "Scans of the CTS attempted.", registry=self.registry
+        )
+        self.scan_errors = Counter(
+            "cts_exporter_scan_errors",
+            "Failed scans of the CTS, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ERROR_REASONS:
+            self.scan_errors.labels(reason)
+        self.imports = Counter(
+            "cts_imports",
+            "Imports seen to finish, by outcome; the first scan after start counts nothing.",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in FINISHED_STATUSES:
+            self.imports.labels(status.value)
+        self.latency = Histogram(
+            "cts_import_latency_seconds",
+            "Time from a job's completion to the end of its import, once per outcome.",
+            buckets=IMPORT_BUCKETS,
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "cts_import_duration_seconds",
+            "Time from an import's start to its end, once per outcome.",
+            buckets=IMPORT_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Histogram(
+            "cts_exporter_request_duration_seconds",
+            "Latency of requests to the CTS, by endpoint.",
+            ["endpoint"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(SnapshotCollector(self))
+
+    def observe_request(self, endpoint: str, seconds: float) -> None:
+        """Record one CTS request's latency."""
+        self.requests.labels(endpoint).observe(seconds)
+
+    def scan_succeeded(self, snapshot: Snapshot, finished: Iterable[JobRecord]) -> None:
+        """Publish a new snapshot and count the imports that finished since the last one."""
+        for job in finished:
+            assert job.view is not None
+            self.imports.labels(job.view.status.value).inc()
+            if job.view.latency is not None:
+                self.latency.observe(job.view.latency)
+            if job.view.duration is not None:
+                self.duration.observe(max(job.view.duration, 0.0))
+        self.scans.inc()
+        self.snapshot = snapshot
+        self.health.last_success = True
+        self.health.last_success_at = snapshot.finished_at
+        self.health.last_duration = snapshot.duration
+        self.health.last_error = None
+
+    def scan_failed(self, reason: ErrorReason, message: str, duration: float) -> None:
+        """Count a failed scan; the last good snapshot stays on show."""
+        self.scans.inc()
+        self.scan_errors.labels(reason).inc()
+        self.health.last_success = False
+        self.health.last_duration = duration
+        self.health.last_error = message
+
+
+class SnapshotCollector(Collector):
+    """Renders the last snapshot and the scan health on every scrape."""
+
+    def __init__(self, metrics: ExporterMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every gauge, with ages measured now."""
+        now = time.time()
+        yield from self._health_gauges()
+        snapshot = self._metrics.snapshot
+        if snapshot is None:
+            yield from _empty_picture()
+            return
+        yield from _picture(snapshot, now)
+        yield from _job_series(snapshot, now, self._metrics.max_job_series)
+
+    def _health_gauges(self) -> Iterator[Metric]:
+        health = self._metrics.health
+        snapshot = self._metrics.snapshot
+        yield _gauge(
+            "cts_exporter_last_scan_success",
+            "1 when the last scan of the CTS succeeded, else 0.",
+            float(health.last_success),
+        )
+        yield _gauge(
+            "cts_exporter_last_scan_success_timestamp_seconds",
+            "End time of the last successful scan; 0 before the first.",
+            health.last_success_at,
+        )
+        yield _gauge(
+            "cts_exporter_last_scan_duration_seconds",
+            "Duration of the last scan, successful or not.",
+            health.last_duration,
+        )
+        yield _gauge(
+            "cts_exporter_scanned_jobs",
+            "Jobs listed by the last successful scan.",
+            len(snapshot.jobs) if snapshot else 0,
+        )
+        yield _gauge(
+            "cts_exporter_scan_pages",
+            "List requests made by the last successful scan.",
+            snapshot.pages if snapshot else 0,
+        )
+        yield _gauge(
+            "cts_exporter_scan_truncated",
+            "1 when the job cap cut the last successful scan short.",
+            float(snapshot.truncated) if snapshot else 0.0,
+        )
+        yield _gauge(
+            "cts_exporter_unreadable_jobs",
+            "Jobs of the last scan left out because their state or times could not be read.",
+            snapshot.unreadable_jobs if snapshot else 0,
+        )
+        if health.admin_mode is not None:
+            yield _gauge(
+                "cts_exporter_admin_mode",
+                "1 when all users' jobs are scanned, 0 when only the token owner's.",
+                float(health.admin_mode),
+            )
+        if health.clock_skew is not None:
+            yield _gauge(
+                "cts_exporter_clock_skew_seconds",
+                "The exporter's clock minus the CTS server time.",
+                health.clock_skew,
+            )
+        build = GaugeMetricFamily(
+            "cts_exporter_build_info", "The exporter's version.", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
+        if health.cts_version is not None:
+            cts = GaugeMetricFamily(
+                "cts_info", "The CTS version last seen.", labels=["version", "git_hash"]
+            )
+            cts.add_metric([health.cts_version, health.cts_git_hash], 1)
+            yield cts
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+_JOBS_HELP = "Jobs in the look-back window by CTS state."
+_IMPORT_JOBS_HELP = "Completed jobs in the look-back window by import status."
+_LAG_HELP = "Age since completion of the oldest import not finished yet; 0 when none."
+_INVALID_HELP = "Completed jobs whose CSE metadata could not be read."
+_DROPPED_HELP = "Per-job series left out by the cap in this render."
+_SKEW_HELP = "Completed jobs with a CSE time before the time it follows (clock skew)."
+
+
+def _empty_picture() -> Iterator[Metric]:
+    """Before the first successful scan: every count at zero, so queries have series."""
+    jobs = GaugeMetricFamily("cts_jobs", _JOBS_HELP, labels=["state"])
+    for state in JOB_STATES:
+        jobs.add_metric([state], 0)
+    yield jobs
+    statuses = GaugeMetricFamily("cts_import_jobs", _IMPORT_JOBS_HELP, labels=["status"])
+    for status in ImportStatus:
+        statuses.add_metric([status.value], 0)
+    yield statuses
+    yield _gauge("cts_exporter_job_series_dropped", _DROPPED_HELP, 0)
+
+
+def _picture(snapshot: Snapshot, now: float) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily("cts_jobs", _JOBS_HELP, labels=["state"])
+    for state, count in snapshot.state_counts.items():
+        jobs.add_metric([state], count)
+    yield jobs
+
+    statuses = GaugeMetricFamily("cts_import_jobs", _IMPORT_JOBS_HELP, labels=["status"])
+    for status, count in snapshot.status_counts.items():
+        statuses.add_metric([status.value], count)
+    yield statuses
+
+    oldest = snapshot.oldest_pending_completion
+    yield _gauge(
+        "cts_import_lag_seconds", _LAG_HELP, 0.0 if oldest is None else max(now - oldest, 0)
+    )
+
+    pending = GaugeMetricFamily(
+        "cts_import_oldest_pending_timestamp_seconds",
+        "Waiting: completion time of the oldest waiting job. "
+        "Running: start time of the oldest running import.",
+        labels=["status"],
+    )
+    if snapshot.oldest_waiting_completion is not None:
+        pending.add_metric(["waiting"], snapshot.oldest_waiting_completion)
+    if snapshot.oldest_running_start is not None:
+        pending.add_metric(["running"], snapshot.oldest_running_start)
+    yield pending
+
+    yield _gauge("cts_import_invalid_metadata_jobs", _INVALID_HELP, snapshot.invalid_metadata)
+    yield _gauge("cts_import_clock_skew_jobs", _SKEW_HELP, snapshot.skewed)
+
+
+def _job_series(snapshot: Snapshot, now: float, cap: int) -> Iterator[Metric]:
+    """One series per job, problems first, up to ``cap`` per family."""
+    lag = GaugeMetricFamily(
+        "cts_import_job_lag_seconds",
+        "Per completed job: outcome time minus completion time, or now minus completion time "
+        "while not finished.",
+        labels=[*JOB_LABELS, "status"],
+    )
+    since = GaugeMetricFamily(
+        "cts_import_job_status_timestamp_seconds",
+        "Per completed job: when it entered its import status.",
+        labels=[*JOB_LABELS, "status"],
+    )
+    for job in snapshot.imports[:cap]:
+        view = job.view
+        assert view is not None and job.completed_at is not None
+        labels = [job.id, job.user, job.cluster, job.image, view.status.value]
+        if view.latency is not None:
+            lag.add_metric(labels, view.latency)
+        else:
+            lag.add_metric(labels, max(now - job.completed_at, 0.0))
+        since.add_metric(labels, view.since)
+    yield lag
+    yield since
+
+    transitions = GaugeMetricFamily(
+        "cts_job_last_transition_timestamp_seconds",
+        "Per job in the window: time of its last state transition.",
+        labels=[*JOB_LABELS, "state"],
+    )
+    for job in snapshot.jobs[:cap]:
+        transitions.add_metric(
+            [job.id, job.user, job.cluster, job.image, job.state], job.last_transition
+        )
+    yield transitions
+
+    dropped = max(len(snapshot.imports) - cap, 0) + max(len(snapshot.jobs) - cap, 0)
+    yield _gauge("cts_exporter_job_series_dropped", _DROPPED_HELP, dropped)

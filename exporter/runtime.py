@@ -1,0 +1,201 @@
+"""The running exporter: scans on a schedule, serves metrics, stops cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.cts import CtsClient, CtsError, ErrorReason, TokenSource
+from exporter.imports import parse_time
+from exporter.metrics import ExporterMetrics
+from exporter.scan import OutcomeTracker, ScanOutcome, build_snapshot, list_window
+from exporter.server import create_app
+from exporter.settings import ExporterSettings, split_address
+
+log = logging.getLogger(__name__)
+
+
+class Exporter:
+    """Scans the CTS and keeps the metrics that describe what the last good scan saw."""
+
+    def __init__(self, settings: ExporterSettings, cts_url: str, token: TokenSource) -> None:
+        self.settings = settings
+        self.metrics = ExporterMetrics(settings.max_job_series)
+        self.client = CtsClient(
+            cts_url,
+            token,
+            timeout=settings.request_timeout,
+            ca_bundle=settings.ca_bundle,
+            on_request=self.metrics.observe_request,
+        )
+        self._tracker = OutcomeTracker()
+        self._scan_task: asyncio.Task[None] | None = None
+
+    async def scan(self) -> None:
+        """Run one scan; a failure is counted and logged, never raised."""
+        self._scan_task = asyncio.current_task()
+        started = time.time()
+        outcome = ScanOutcome()
+        try:
+            async with asyncio.timeout(self.settings.scan_timeout):
+                admin = await self._contact()
+                await list_window(
+                    self.client,
+                    admin=admin,
+                    now=datetime.fromtimestamp(started, UTC),
+                    lookback=timedelta(seconds=self.settings.lookback),
+                    page_size=self.settings.page_size,
+                    max_jobs=self.settings.max_jobs,
+                    outcome=outcome,
+                )
+        except CtsError as error:
+            self._fail(error.reason, str(error), started, outcome)
+            return
+        except TimeoutError:
+            message = f"scan did not finish within {self.settings.scan_timeout:g}s"
+            self._fail("timeout", message, started, outcome)
+            return
+        finally:
+            self._scan_task = None
+
+        finished = time.time()
+        snapshot = build_snapshot(outcome, started=started, finished=finished)
+        self.metrics.scan_succeeded(snapshot, self._tracker.new_outcomes(snapshot))
+        counts = snapshot.status_counts
+        log.info(
+            "scan ok: %d jobs in %d pages in %.2fs; imports waiting %d, running %d, error %d%s",
+            len(snapshot.jobs),
+            snapshot.pages,
+            snapshot.duration,
+            counts["waiting"],
+            counts["running"],
+            counts["error"],
+            "; truncated at the job cap" if snapshot.truncated else "",
+        )
+
+    async def _contact(self) -> bool:
+        """Read the CTS's version and clock and the token's roles; True for an admin token."""
+        service = await self.client.service_info()
+        health = self.metrics.health
+        health.cts_version, health.cts_git_hash = service.version, service.git_hash
+        server_time = parse_time(service.server_time)
+        health.clock_skew = None if server_time is None else time.time() - server_time
+
+        identity = await self.client.whoami()
+        if identity.is_admin != health.admin_mode:
+            if identity.is_admin:
+                log.info("the token is a CTS admin's: scanning every user's jobs")
+            else:
+                log.warning(
+                    "the token is not a CTS admin's: only the jobs of user %s are visible",
+                    identity.user,
+                )
+            health.admin_mode = identity.is_admin
+        return identity.is_admin
+
+    def _fail(
+        self, reason: ErrorReason, message: str, started: float, outcome: ScanOutcome
+    ) -> None:
+        self.metrics.scan_failed(reason, message, time.time() - started)
+        snapshot = self.metrics.snapshot
+        kept = (
+            "no earlier scan to show"
+            if snapshot is None
+            else f"still serving the scan of {time.time() - snapshot.finished_at:.0f}s ago"
+        )
+        retry = "fix the token; " if reason == "auth" else ""
+        log.warning(
+            "scan failed (%s) after %d pages: %s; %s; %snext try in %gs",
+            reason,
+            outcome.pages,
+            message,
+            kept,
+            retry,
+            self.settings.scan_interval,
+        )
+
+    async def serve(self) -> int:
+        """Scan every interval and serve ``/metrics`` until SIGTERM or SIGINT; the exit code."""
+        host, port = split_address(self.settings.listen_address)
+        try:
+            listener = _listen(host, port)
+        except OSError as error:
+            log.error("cannot listen on %s: %s", self.settings.listen_address, error.strerror)
+            return 1
+
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+
+        server = _QuietServer(
+            uvicorn.Config(
+                create_app(self.metrics), log_config=None, access_log=False, lifespan="off"
+            )
+        )
+        serving = asyncio.create_task(server.serve(sockets=[listener]))
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self.scan,
+            "interval",
+            seconds=self.settings.scan_interval,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        scheduler.start()
+        log.info(
+            "serving metrics on http://%s/metrics; scanning every %gs",
+            self.settings.listen_address,
+            self.settings.scan_interval,
+        )
+
+        stop_requested = asyncio.create_task(stopping.wait())
+        await asyncio.wait([serving, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping")
+        scheduler.shutdown(wait=False)
+        if self._scan_task is not None:
+            self._scan_task.cancel()
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        stop_requested.cancel()
+        await self.client.aclose()
+        return 0
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the exporter.
+
+    uvicorn re-raises a captured SIGTERM once it has shut down, which would end the process
+    with the signal's status instead of a clean exit.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before anything else starts so a busy port fails fast."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError:
+        listener.close()
+        raise
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener

@@ -1,0 +1,275 @@
+"""One scan of the CTS: list every job in the look-back window and classify its import.
+
+A scan produces a Snapshot, an immutable picture that the metrics collector renders on every
+scrape until the next successful scan replaces it. Everything that does not depend on the
+scrape time (counts, the order of per-job series, the oldest pending imports) is worked out
+here, once per scan, so that a scrape stays cheap however many jobs the window holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from exporter.cts import CtsClient, JobRow
+from exporter.imports import ImportStatus, ImportView, InvalidMetadata, classify, parse_time
+
+log = logging.getLogger(__name__)
+
+JOB_STATES = (
+    "created",
+    "download_submitted",
+    "job_submitting",
+    "job_submitted",
+    "upload_submitting",
+    "upload_submitted",
+    "complete",
+    "canceling",
+    "canceled",
+    "error_processing_submitting",
+    "error_processing_submitted",
+    "error",
+)
+KNOWN_STATES = frozenset(JOB_STATES)
+
+# Per-job series are capped; this order keeps the jobs an operator must act on.
+_PROBLEM_RANK = {
+    ImportStatus.ERROR: 0,
+    ImportStatus.RUNNING: 1,
+    ImportStatus.WAITING: 2,
+    ImportStatus.COMPLETE: 3,
+    ImportStatus.NO_OPERATION: 3,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What the exporter keeps of one job."""
+
+    id: str
+    user: str
+    cluster: str
+    image: str
+    state: str
+    last_transition: float
+    completed_at: float | None = None
+    view: ImportView | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The result of one successful scan, ready to render."""
+
+    finished_at: float
+    duration: float
+    pages: int
+    truncated: bool
+    jobs: list[JobRecord]
+    imports: list[JobRecord]
+    """Completed jobs with a readable import status, problems first, newest first within."""
+    state_counts: dict[str, int]
+    status_counts: dict[ImportStatus, int]
+    invalid_metadata: int
+    unreadable_jobs: int
+    skewed: int
+    oldest_waiting_completion: float | None
+    oldest_running_start: float | None
+    oldest_pending_completion: float | None
+
+
+@dataclass
+class ScanOutcome:
+    """Pages listed by a scan; filled as the scan goes, so a failure still reports progress."""
+
+    rows: list[JobRow] = field(default_factory=list)
+    pages: int = 0
+    truncated: bool = False
+
+
+def image_name(name: str) -> str:
+    """An image reference without its tag or digest: ``kbase/x:1@sha256:ab`` → ``kbase/x``."""
+    name = name.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+async def list_window(
+    client: CtsClient,
+    *,
+    admin: bool,
+    now: datetime,
+    lookback: timedelta,
+    page_size: int,
+    max_jobs: int,
+    outcome: ScanOutcome,
+) -> None:
+    """List every job whose last transition lies in the window ending ``now``, into ``outcome``.
+
+    The CTS has no cursor: each next page asks for jobs before the oldest time seen plus one
+    millisecond (times are stored to the millisecond, so jobs sharing the oldest time may have
+    been cut off) and drops the ids already seen.
+    """
+    after = now - lookback
+    before: datetime | None = None
+    seen: set[str] = set()
+    while True:
+        page = await client.list_jobs(admin=admin, after=after, before=before, limit=page_size)
+        outcome.pages += 1
+        oldest: float | None = None
+        fresh = 0
+        for row in page.jobs:
+            if row.transition_times:
+                moment = parse_time(row.transition_times[-1].time)
+                if moment is not None and (oldest is None or moment < oldest):
+                    oldest = moment
+            if row.id in seen:
+                continue
+            seen.add(row.id)
+            fresh += 1
+            if len(outcome.rows) == max_jobs:
+                outcome.truncated = True
+                return
+            outcome.rows.append(row)
+
+        if len(page.jobs) < page_size or oldest is None:
+            return
+        boundary = datetime.fromtimestamp(oldest, UTC)
+        if fresh == 0:
+            # A whole page shares one millisecond: more jobs share it than a page holds. Step
+            # past that millisecond so the scan ends; the rest of its jobs are not listed.
+            log.warning(
+                "more than %d jobs share the transition time %s; some of them are not listed",
+                page_size,
+                boundary.isoformat(),
+            )
+            outcome.truncated = True
+            before = boundary
+        else:
+            before = boundary + timedelta(milliseconds=1)
+
+
+def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> Snapshot:
+    """Classify the listed jobs and work out everything a scrape will need."""
+    jobs: list[JobRecord] = []
+    state_counts = dict.fromkeys(JOB_STATES, 0)
+    status_counts = dict.fromkeys(ImportStatus, 0)
+    invalid = unreadable = skewed = 0
+    for row in outcome.rows:
+        record = _record(row)
+        if record is None:
+            unreadable += 1
+            continue
+        state_counts[record.state] += 1
+        if record.completed_at is None:
+            jobs.append(record)
+            continue
+        try:
+            view = classify(record.completed_at, row.admin_meta)
+        except InvalidMetadata as error:
+            invalid += 1
+            log.debug("job %s: %s", record.id, error)
+            jobs.append(record)
+            continue
+        record = replace(record, view=view)
+        status_counts[view.status] += 1
+        skewed += view.skewed
+        jobs.append(record)
+
+    imports = [job for job in jobs if job.view is not None]
+    imports.sort(key=_series_order)
+    return Snapshot(
+        finished_at=finished,
+        duration=finished - started,
+        pages=outcome.pages,
+        truncated=outcome.truncated,
+        jobs=jobs,
+        imports=imports,
+        state_counts=state_counts,
+        status_counts=status_counts,
+        invalid_metadata=invalid,
+        unreadable_jobs=unreadable,
+        skewed=skewed,
+        oldest_waiting_completion=_oldest(imports, ImportStatus.WAITING),
+        oldest_running_start=_oldest(imports, ImportStatus.RUNNING),
+        oldest_pending_completion=min(
+            (
+                job.completed_at
+                for job in imports
+                if job.completed_at is not None
+                and job.view is not None
+                and not job.view.status.finished
+            ),
+            default=None,
+        ),
+    )
+
+
+def _record(row: JobRow) -> JobRecord | None:
+    """A job as the exporter keeps it; None when its state or times cannot be read."""
+    if row.state not in KNOWN_STATES or not row.transition_times:
+        return None
+    last_transition = parse_time(row.transition_times[-1].time)
+    if last_transition is None:
+        return None
+    completed_at = None
+    if row.state == "complete":
+        completed_at = next(
+            (
+                parse_time(step.time)
+                for step in reversed(row.transition_times)
+                if step.state == "complete"
+            ),
+            None,
+        )
+        if completed_at is None:
+            return None
+    return JobRecord(
+        id=row.id,
+        user=row.user,
+        cluster=row.job_input.cluster if row.job_input else "",
+        image=image_name(row.image.name) if row.image else "",
+        state=row.state,
+        last_transition=last_transition,
+        completed_at=completed_at,
+    )
+
+
+def _series_order(job: JobRecord) -> tuple[int, float]:
+    assert job.view is not None and job.completed_at is not None
+    return (_PROBLEM_RANK[job.view.status], -job.completed_at)
+
+
+def _oldest(imports: list[JobRecord], status: ImportStatus) -> float | None:
+    """The earliest ``since`` among imports in ``status``."""
+    return min(
+        (job.view.since for job in imports if job.view is not None and job.view.status == status),
+        default=None,
+    )
+
+
+class OutcomeTracker:
+    """Notices imports that finished since the previous scan, each outcome once.
+
+    The first scan after start only records what is already finished: counting it would report
+    every old import as new after each restart.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[ImportStatus, float]] | None = None
+
+    def new_outcomes(self, snapshot: Snapshot) -> list[JobRecord]:
+        """Jobs whose outcome (status and time) was not in the previous scan."""
+        current: dict[str, tuple[ImportStatus, float]] = {}
+        fresh: list[JobRecord] = []
+        for job in snapshot.imports:
+            view = job.view
+            if view is None or not view.status.finished:
+                continue
+            outcome = (view.status, view.since)
+            current[job.id] = outcome
+            if self._known is not None and self._known.get(job.id) != outcome:
+                fresh.append(job)
+        self._known = current
+        return fresh

@@ -1,0 +1,74 @@
+"""The exporter's HTTP endpoints: ``/metrics``, a landing page at ``/`` and ``/healthz``."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import (
+    CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
+)
+from prometheus_client.openmetrics.exposition import (
+    generate_latest as generate_openmetrics,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from exporter import __version__
+from exporter.metrics import ExporterMetrics
+
+
+def create_app(metrics: ExporterMetrics) -> Starlette:
+    """The ASGI application serving ``metrics``."""
+
+    async def serve_metrics(request: Request) -> Response:
+        # Rendering reads only the last snapshot, so it never waits on a scan in progress.
+        if "application/openmetrics-text" in request.headers.get("accept", ""):
+            return Response(
+                generate_openmetrics(metrics.registry), media_type=OPENMETRICS_CONTENT_TYPE
+            )
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def landing(request: Request) -> Response:
+        return HTMLResponse(_landing_page(metrics))
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    return Starlette(
+        routes=[
+            Route("/metrics", serve_metrics),
+            Route("/", landing),
+            Route("/healthz", healthz),
+        ]
+    )
+
+
+def _landing_page(metrics: ExporterMetrics) -> str:
+    health = metrics.health
+    snapshot = metrics.snapshot
+    if snapshot is None:
+        picture = "No scan has succeeded yet."
+    else:
+        age = time.time() - snapshot.finished_at
+        picture = (
+            f"Last successful scan {age:.0f}s ago: {len(snapshot.jobs)} jobs in "
+            f"{snapshot.pages} pages, {snapshot.duration:.2f}s."
+        )
+    if health.last_success:
+        outcome = "The last scan succeeded."
+    elif health.last_error:
+        outcome = f"The last scan failed: {html.escape(health.last_error)}"
+    else:
+        outcome = "The first scan has not finished yet."
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>CTS import exporter</title></head><body>"
+        f"<h1>CTS import exporter {__version__}</h1>"
+        f"<p>{outcome}</p><p>{html.escape(picture)}</p>"
+        "<p><a href='/metrics'>Metrics</a> · <a href='/healthz'>Health</a></p>"
+        "</body></html>"
+    )
