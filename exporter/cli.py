@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -111,11 +112,13 @@ def exporter_parser() -> argparse.ArgumentParser:
             )
             continue
         default = "none" if field.default is None else _show_default(name, field.default)
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
         parser.add_argument(
             flag,
             dest=name,
             default=None,
-            metavar=name.split("_")[-1].upper(),
+            choices=choices,
+            metavar="{" + ",".join(choices) + "}" if choices else name.split("_")[-1].upper(),
             help=f"{field.description} [env {variable}] (default: {default})",
         )
     return parser

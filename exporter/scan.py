@@ -157,7 +157,7 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     status_counts = dict.fromkeys(ImportStatus, 0)
     invalid = unreadable = skewed = 0
     for row in outcome.rows:
-        record = _record(row)
+        record = read_job(row)
         if record is None:
             unreadable += 1
             continue
@@ -206,8 +206,9 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     )
 
 
-def _record(row: JobRow) -> JobRecord | None:
-    """A job as the exporter keeps it; None when its state or times cannot be read."""
+def read_job(row: JobRow) -> JobRecord | None:
+    """A job as the exporter keeps it, not yet classified; None when its state or times cannot
+    be read."""
     if row.state not in KNOWN_STATES or not row.transition_times:
         return None
     last_transition = parse_time(row.transition_times[-1].time)
