@@ -679,7 +679,8 @@ def overview() -> Json:
             "stuck_after",
             "Stuck after",
             [("15m", "900"), ("30m", "1800"), ("1h", "3600"), ("2h", "7200"), ("6h", "21600")],
-            "1h",
+            # The same two hours after which the CtsImportStuck alert fires.
+            "2h",
         ),
         textbox_variable("cts_url", "CTS URL", DEFAULT_CTS_URL),
     ]
