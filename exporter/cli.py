@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
-from typing import Literal, get_args, get_origin
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -62,6 +62,12 @@ def load_settings(args: Sequence[str]) -> ExporterSettings | None:
     """Settings from flags, environment and secret files; None after printing what is wrong."""
     namespace = exporter_parser().parse_args(args)
     given = {name: value for name, value in vars(namespace).items() if value is not None}
+    return settings_from(given)
+
+
+def settings_from(given: Mapping[str, Any]) -> ExporterSettings | None:
+    """Settings from values given on a command line, then the environment and secret files;
+    None after printing, one line per problem, what is wrong."""
     try:
         return ExporterSettings(**given)
     except ValidationError as error:
