@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # Enough jobs for every import status to show at once, sped up so that statuses change while
 # someone watches.
 DEMO_JOBS = 300
-DEMO_SPEED = 60.0
+DEMO_SPEED = 10.0
 
 
 async def run_demo(settings: ExporterSettings) -> int:
