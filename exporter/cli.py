@@ -101,6 +101,8 @@ def exporter_parser() -> argparse.ArgumentParser:
             "Prometheus's port allocation list."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # Abbreviations would let "--cts-token SECRET" pass as --cts-token-file.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, field in ExporterSettings.model_fields.items():
