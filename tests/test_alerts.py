@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from promstack import start_alertmanager, wait_until
+
+from tests.promstack import start_alertmanager, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
