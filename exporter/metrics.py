@@ -65,7 +65,7 @@ class ExporterMetrics:
 
     def __init__(self, max_job_series: int) -> None:
         # ``_created`` series double every counter's output and no rule or panel reads them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.health = ScanHealth()
         self.snapshot: Snapshot | None = None

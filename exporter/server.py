@@ -28,7 +28,8 @@ def create_app(metrics: ExporterMetrics) -> Starlette:
         # Rendering reads only the last snapshot, so it never waits on a scan in progress.
         if "application/openmetrics-text" in request.headers.get("accept", ""):
             return Response(
-                generate_openmetrics(metrics.registry), media_type=OPENMETRICS_CONTENT_TYPE
+                generate_openmetrics(metrics.registry),  # type: ignore[no-untyped-call]
+                media_type=OPENMETRICS_CONTENT_TYPE,
             )
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
