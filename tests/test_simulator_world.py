@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Any
 
@@ -56,13 +57,13 @@ def completed(world: World, count: int, clock_step: float = 1.0) -> list[Job]:
 
 
 def test_jobs_walk_only_the_real_state_machine() -> None:
-    world, clock = manual_world(jobs=3000)
+    world, _clock = manual_world(jobs=3000)
     world.start()
 
     for job in world.jobs.values():
         states = [state for state, _ in job.transitions]
         assert states[0] == "created"
-        for before, after in zip(states, states[1:], strict=False):
+        for before, after in itertools.pairwise(states):
             legal = ALLOWED_MOVES.get(before, set()) | {"error", "canceling"}
             assert after in legal, f"{before} -> {after}"
             assert before not in TERMINAL_STATES
@@ -163,7 +164,7 @@ def test_each_import_starts_after_the_previous_one_finished() -> None:
     clock.advance(86400)
     world.advance()
 
-    for previous, job in zip(jobs, jobs[1:], strict=False):
+    for previous, job in itertools.pairwise(jobs):
         assert job.admin_meta[CSE_START] >= previous.admin_meta[CSE_COMPLETE]
 
 
@@ -200,7 +201,7 @@ def test_no_operation_comes_from_images_without_an_importer() -> None:
 
 
 def test_only_completed_jobs_get_cse_keys() -> None:
-    world, clock = manual_world(jobs=2000)
+    world, _clock = manual_world(jobs=2000)
     world.start()
 
     for job in world.jobs.values():
