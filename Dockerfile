@@ -54,7 +54,8 @@ ENV CTS_EXPORTER_CTS_TOKEN_FILE=/run/secrets/cts_token
 USER 10001:10001
 EXPOSE 9853
 
+# Probes the port the exporter listens on: 9853 unless CTS_EXPORTER_LISTEN_ADDRESS moves it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9853/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('CTS_EXPORTER_LISTEN_ADDRESS', ':9853').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 
 ENTRYPOINT ["cts-import-exporter"]
