@@ -84,9 +84,33 @@ class JobRow(_Payload):
 
 
 class JobPage(_Payload):
-    """The body of ``GET /admin/jobs`` and ``GET /jobs``."""
+    """The body of ``GET /admin/jobs`` and ``GET /jobs``.
+
+    A row that is not a readable job (wrong types, missing id or state) is set aside and
+    counted in ``unreadable_rows`` instead of failing the page: one bad job must not stop the
+    exporter from seeing every other job for as long as it stays in the look-back window.
+    """
 
     jobs: list[JobRow]
+    unreadable_rows: int = 0
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _set_aside_unreadable_rows(cls, body: Any) -> Any:
+        if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
+            return body
+        rows: list[JobRow] = []
+        for row in body["jobs"]:
+            try:
+                rows.append(JobRow.model_validate(row))
+            except pydantic.ValidationError:
+                continue
+        return {"jobs": rows, "unreadable_rows": len(body["jobs"]) - len(rows)}
+
+    @property
+    def size(self) -> int:
+        """Rows the CTS sent, readable or not: what the page's limit counts."""
+        return len(self.jobs) + self.unreadable_rows
 
 
 class ServiceInfo(_Payload):
@@ -122,6 +146,8 @@ class TokenSource:
     def __init__(self, path: Path | None = None, value: str | None = None) -> None:
         if path is None and not value:
             raise ValueError("a CTS token is needed: give a token file or a token value")
+        if value:
+            _check_token(value, "the CTS token")
         self._path = path
         self._token = value or ""
         self._stamp: tuple[float, int] | None = None
@@ -139,6 +165,7 @@ class TokenSource:
                 token = self._path.read_text(encoding="utf-8").strip()
                 if not token:
                     raise TokenError(f"token file {self._path} is empty")
+                _check_token(token, f"token file {self._path}")
                 self._token, self._stamp = token, stamp
         except OSError as error:
             raise TokenError(f"cannot read token file {self._path}: {error.strerror}") from None
@@ -147,8 +174,23 @@ class TokenSource:
         return self._token
 
 
-class TokenError(Exception):
-    """The token file is missing, empty or unreadable."""
+class TokenError(ValueError):
+    """The token file is missing, empty or unreadable, or the token is not one."""
+
+
+def _check_token(token: str, source: str) -> None:
+    """Refuse a token that cannot travel in a header.
+
+    The HTTP library would reject it on every request with an error that quotes the header,
+    token included, into the logs.
+    """
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise TokenError(f"{source} holds spaces, control or non-ASCII characters in the token")
+
+
+def scrub(message: str, token: str) -> str:
+    """``message`` with every occurrence of ``token`` masked."""
+    return message.replace(token, "***") if len(token) >= 4 else message
 
 
 # ---- the client -----------------------------------------------------------------------------
@@ -180,13 +222,10 @@ class CtsClient:
         retry: RetryPolicy | None = None,
         on_request: RequestObserver | None = None,
     ) -> None:
-        verify: ssl.SSLContext | bool = True
-        if ca_bundle is not None:
-            verify = ssl.create_default_context(cafile=str(ca_bundle))
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=timeout,
-            verify=verify,
+            verify=trust_store(ca_bundle),
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )
@@ -240,6 +279,14 @@ class CtsClient:
                 if attempt == self._retry.attempts:
                     raise failure.error from None
                 pause = failure.retry_after
+                if pause is not None and pause > self._retry.max_backoff:
+                    # Waiting that long would spend the scan's deadline asleep and report a
+                    # timeout; failing now names the real cause, and the next scan asks again.
+                    raise CtsError(
+                        failure.error.reason,
+                        f"{failure.error}; the CTS asks to wait {pause:.0f}s",
+                        failure.error.status,
+                    ) from None
                 if pause is None:
                     ceiling = self._retry.first_backoff * 2 ** (attempt - 1)
                     pause = random.uniform(0, min(ceiling, self._retry.max_backoff))  # noqa: S311
@@ -264,9 +311,15 @@ class CtsClient:
             async with self._http.stream("GET", path, params=params, headers=headers) as answer:
                 body = await self._read_capped(answer, endpoint)
         except httpx.TimeoutException as error:
-            raise _Retryable(CtsError("timeout", f"GET {endpoint}: {_kind(error)}")) from None
+            failure = f"GET {endpoint}: {_kind(error)}"
+            raise _Retryable(CtsError("timeout", scrub(failure, token))) from None
         except (httpx.TransportError, httpx.StreamError) as error:
-            raise _Retryable(CtsError("connect", f"GET {endpoint}: {_kind(error)}")) from None
+            if _untrusted_certificate(error):
+                # Not a passing fault: retrying would only repeat the refusal.
+                failure = f"GET {endpoint}: the CTS's TLS certificate is not trusted ({error})"
+                raise CtsError("connect", scrub(failure, token)) from None
+            failure = f"GET {endpoint}: {_kind(error)}"
+            raise _Retryable(CtsError("connect", scrub(failure, token))) from None
         finally:
             if self._on_request is not None:
                 self._on_request(endpoint, time.perf_counter() - started)
@@ -274,7 +327,8 @@ class CtsClient:
         status = answer.status_code
         if 200 <= status < 300:
             return body
-        failure = f"GET {endpoint}: HTTP {status}{_cts_message(body)}"
+        # A proxy may echo the request's headers in its error page.
+        failure = scrub(f"GET {endpoint}: HTTP {status}{_cts_message(body)}", token)
         if status in (401, 403):
             raise CtsError("auth", failure, status)
         if status == 429 or status >= 500:
@@ -307,6 +361,35 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def trust_store(ca_bundle: Path | None) -> ssl.SSLContext | bool:
+    """What verifies the CTS's certificate: the system's CAs, or those of ``ca_bundle``.
+
+    Raises CaBundleError when the bundle cannot be read; verification is never turned off.
+    """
+    if ca_bundle is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_bundle))
+    except ssl.SSLError:
+        raise CaBundleError(f"CA bundle {ca_bundle} holds no PEM certificate") from None
+    except OSError as error:
+        raise CaBundleError(f"cannot read CA bundle {ca_bundle}: {error.strerror}") from None
+
+
+class CaBundleError(ValueError):
+    """The CA bundle file is missing or not a bundle of certificates."""
+
+
+def _untrusted_certificate(error: BaseException) -> bool:
+    """True when a transport error comes from a certificate that failed verification."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _iso(moment: datetime) -> str:
     """A time as the CTS wants it in a query: ISO-8601 with a zone, to the millisecond."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
@@ -336,7 +419,7 @@ def _cts_message(body: bytes) -> str:
         return ""
     if not isinstance(error, dict):
         return ""
-    parts = [str(error[key]) for key in ("appcode", "message") if error.get(key) is not None]
+    parts = [str(error[key]) for key in ("appcode", "message") if error.get(key) not in (None, "")]
     if not parts:
         parts = [str(error.get("httpstatus", ""))]
     return ": " + " ".join(parts)[:300]

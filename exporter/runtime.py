@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.cts import CtsClient, CtsError, ErrorReason, TokenSource
-from exporter.imports import parse_time
+from exporter.cts import CtsClient, CtsError, ErrorReason, RetryPolicy, TokenSource
+from exporter.imports import ImportStatus, parse_time
 from exporter.metrics import ExporterMetrics
 from exporter.scan import OutcomeTracker, ScanOutcome, build_snapshot, list_window
 from exporter.server import create_app
@@ -27,7 +27,13 @@ log = logging.getLogger(__name__)
 class Exporter:
     """Scans the CTS and keeps the metrics that describe what the last good scan saw."""
 
-    def __init__(self, settings: ExporterSettings, cts_url: str, token: TokenSource) -> None:
+    def __init__(
+        self,
+        settings: ExporterSettings,
+        cts_url: str,
+        token: TokenSource,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = ExporterMetrics(settings.max_job_series)
         self.client = CtsClient(
@@ -35,6 +41,8 @@ class Exporter:
             token,
             timeout=settings.request_timeout,
             ca_bundle=settings.ca_bundle,
+            max_body_bytes=settings.max_response_bytes,
+            retry=retry,
             on_request=self.metrics.observe_request,
         )
         self._tracker = OutcomeTracker()
@@ -64,6 +72,12 @@ class Exporter:
             message = f"scan did not finish within {self.settings.scan_timeout:g}s"
             self._fail("timeout", message, started, outcome)
             return
+        except Exception as error:
+            # A defect, most likely met through a CTS answer nobody foresaw. Counting it keeps
+            # last_scan_success honest; the traceback is for whoever fixes it.
+            log.exception("scan failed on an unexpected error")
+            self._fail("payload", f"unexpected {type(error).__name__}", started, outcome)
+            return
         finally:
             self._scan_task = None
 
@@ -76,9 +90,9 @@ class Exporter:
             len(snapshot.jobs),
             snapshot.pages,
             snapshot.duration,
-            counts["waiting"],
-            counts["running"],
-            counts["error"],
+            counts[ImportStatus.WAITING],
+            counts[ImportStatus.RUNNING],
+            counts[ImportStatus.ERROR],
             "; truncated at the job cap" if snapshot.truncated else "",
         )
 

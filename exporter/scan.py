@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from exporter.cts import CtsClient, JobRow
+from exporter.cts import CtsClient, CtsError, JobRow
 from exporter.imports import ImportStatus, ImportView, InvalidMetadata, classify, parse_time
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class ScanOutcome:
     rows: list[JobRow] = field(default_factory=list)
     pages: int = 0
     truncated: bool = False
+    unreadable_rows: int = 0
 
 
 def image_name(name: str) -> str:
@@ -117,6 +118,7 @@ async def list_window(
     while True:
         page = await client.list_jobs(admin=admin, after=after, before=before, limit=page_size)
         outcome.pages += 1
+        outcome.unreadable_rows += page.unreadable_rows
         oldest: float | None = None
         fresh = 0
         for row in page.jobs:
@@ -133,9 +135,16 @@ async def list_window(
                 return
             outcome.rows.append(row)
 
-        if len(page.jobs) < page_size or oldest is None:
+        if page.size < page_size or oldest is None:
             return
-        boundary = datetime.fromtimestamp(oldest, UTC)
+        try:
+            boundary = datetime.fromtimestamp(oldest, UTC)
+            past_boundary = boundary + timedelta(milliseconds=1)
+        except (OverflowError, ValueError, OSError):
+            # Only a corrupt time is this far off; it cannot be a page boundary.
+            log.warning("a job's last transition time is out of range; the listing stops there")
+            outcome.truncated = True
+            return
         if fresh == 0:
             # A whole page shares one millisecond: more jobs share it than a page holds. Step
             # past that millisecond so the scan ends; the rest of its jobs are not listed.
@@ -145,9 +154,14 @@ async def list_window(
                 boundary.isoformat(),
             )
             outcome.truncated = True
-            before = boundary
+            next_before = boundary
         else:
-            before = boundary + timedelta(milliseconds=1)
+            next_before = past_boundary
+        if before is not None and next_before >= before:
+            # Only a CTS that ignores ``before`` sends this; asking again would never end.
+            endpoint = "/admin/jobs" if admin else "/jobs"
+            raise CtsError("payload", f"GET {endpoint}: the CTS ignores 'before'; cannot page")
+        before = next_before
 
 
 def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> Snapshot:
@@ -155,7 +169,8 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     jobs: list[JobRecord] = []
     state_counts = dict.fromkeys(JOB_STATES, 0)
     status_counts = dict.fromkeys(ImportStatus, 0)
-    invalid = unreadable = skewed = 0
+    invalid = skewed = 0
+    unreadable = outcome.unreadable_rows
     for row in outcome.rows:
         record = read_job(row)
         if record is None:

@@ -99,6 +99,9 @@ class ExporterSettings(BaseSettings):
         2000, ge=0, description="most per-job series in each per-job metric"
     )
     ca_bundle: Path | None = Field(None, description="CA bundle file for TLS to the CTS")
+    max_response_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="largest CTS response body read, in bytes"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="least severe level logged"
     )
