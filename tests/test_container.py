@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.promstack import free_port, wait_until
 
@@ -70,9 +71,9 @@ def image() -> Iterator[dict[str, Any]]:
     subprocess.run(["buildah", "rmi", IMAGE], capture_output=True, check=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def container(image: dict[str, Any]) -> Iterator[str]:
-    """A working container of the image; its name."""
+    """A fresh working container of the image; its name."""
     name = f"cts-import-exporter-test-{uuid.uuid4().hex[:8]}"
     run("buildah", "from", "--pull-never", "--name", name, IMAGE)
     yield name
@@ -158,12 +159,12 @@ def test_exporter_from_the_image_scans_the_simulated_cts_as_non_root_writing_not
     rootfs = Path(run("buildah", "mount", container).strip())
 
     # The entrypoint with its arguments; the token comes from the image's default secret path.
-    exporter = subprocess.Popen(
-        ["buildah", "run", "--isolation", "chroot", "--env", listen,
-         "--volume", f"{simulator.token_file}:{TOKEN_IN_IMAGE}:ro", container, "--",
-         *image["Docker"]["config"]["Entrypoint"],
-         "--cts-url", simulator.url, "--scan-interval", "1s"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    exporter = start_in(
+        container,
+        [*image["Docker"]["config"]["Entrypoint"], "--cts-url", simulator.url,
+         "--scan-interval", "1s"],
+        environment=[listen],
+        volumes=[f"{simulator.token_file}:{TOKEN_IN_IMAGE}:ro"],
     )  # fmt: skip
     try:
         wait_until(
@@ -186,6 +187,83 @@ def test_exporter_from_the_image_scans_the_simulated_cts_as_non_root_writing_not
     assert health_check(image, container, listen) != 0, "the health check passes with no exporter"
     assert files_owned_by(rootfs, 10001) == [], "the exporter wrote to its root filesystem"
     assert simulator.token_file.read_text().strip() not in log
+
+
+@pytest.mark.container
+def test_compose_simulator_and_exporter_commands_work_from_the_image(
+    image: dict[str, Any], container: str, tmp_path: Path
+) -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    cts_port, exporter_port = free_port(), free_port()
+    # compose's shared volume: a directory only the image's user may enter.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    os.chown(shared, 10001, 10001)
+    volume = f"{shared}:/shared"
+    # Service names do not resolve on the host, and fixed ports may be taken: those two change.
+    cts_command = [
+        f"--listen-address=127.0.0.1:{cts_port}" if arg.startswith("--listen-address=") else arg
+        for arg in services["cts"]["command"]
+    ]
+    exporter_command = [
+        f"--cts-url=http://127.0.0.1:{cts_port}" if arg.startswith("--cts-url=") else arg
+        for arg in services["exporter"]["command"]
+    ]
+    exporter_environment = [
+        f"{name}={value}" for name, value in services["exporter"]["environment"].items()
+    ]
+
+    cts = start_in(container, ["cts-import-exporter", *cts_command], volumes=[volume])
+    exporter = None
+    try:
+        wait_until(
+            lambda: cts.poll() is not None or answers(f"http://127.0.0.1:{cts_port}/"),
+            START_TIMEOUT_SECONDS,
+            "the simulated CTS in the image",
+        )
+        exporter = start_in(
+            container,
+            ["cts-import-exporter", *exporter_command],
+            environment=[
+                *exporter_environment,
+                f"CTS_EXPORTER_LISTEN_ADDRESS=127.0.0.1:{exporter_port}",
+            ],
+            volumes=[f"{volume}:ro"],
+        )
+        wait_until(
+            lambda: (
+                exporter.poll() is not None or scanned(f"http://127.0.0.1:{exporter_port}/metrics")
+            ),
+            START_TIMEOUT_SECONDS,
+            "a successful scan of the simulated CTS, both in the image",
+        )
+        assert (cts.poll(), exporter.poll()) == (None, None)
+    finally:
+        for process in (exporter, cts):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.communicate(timeout=30)
+
+    token_files = [path.name for path in shared.iterdir()]
+    assert token_files == ["admin-token"]
+    assert (shared / "admin-token").stat().st_uid == 10001
+
+
+def start_in(
+    container: str,
+    command: list[str],
+    environment: Sequence[str] = (),
+    volumes: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in the container, in a session of its own so it can be stopped whole."""
+    options = [f"--env={entry}" for entry in environment]
+    options += [f"--volume={entry}" for entry in volumes]
+    return subprocess.Popen(
+        ["buildah", "run", "--isolation", "chroot", *options, container, "--", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def scanned(metrics_url: str) -> bool:
