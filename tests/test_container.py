@@ -286,13 +286,14 @@ def exporter_uids(session: int) -> set[int]:
     uids: set[int] = set()
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
+            in_session = os.getsid(int(status.parent.name)) == session
             text = status.read_text()
             command = (status.parent / "cmdline").read_bytes()
         except OSError:
-            continue
-        in_session = os.getsid(int(status.parent.name)) == session
-        if in_session and b"--cts-url" in command and b"buildah" not in command:
-            uids |= {int(uid) for uid in re.search(r"^Uid:\s+(.*)$", text, re.M)[1].split()}
+            continue  # the process ended meanwhile
+        uid_line = re.search(r"^Uid:\s+(.*)$", text, re.MULTILINE)
+        if in_session and uid_line and b"--cts-url" in command and b"buildah" not in command:
+            uids |= {int(uid) for uid in uid_line[1].split()}
     assert uids, "no exporter process found"
     return uids
 

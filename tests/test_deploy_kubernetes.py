@@ -25,7 +25,8 @@ def manifest(name: str) -> dict[str, Any]:
 def exporter_container() -> dict[str, Any]:
     """The exporter container of the Deployment."""
     [container] = manifest("deployment.yaml")["spec"]["template"]["spec"]["containers"]
-    return container
+    exporter: dict[str, Any] = container
+    return exporter
 
 
 def generate(*args: str) -> subprocess.CompletedProcess[str]:
