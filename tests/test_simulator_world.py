@@ -116,7 +116,7 @@ def test_preload_spreads_jobs_over_the_lookback_window() -> None:
     assert 400 < first_half < 600
 
 
-@pytest.mark.parametrize("jobs", [20, 2000])
+@pytest.mark.parametrize("jobs", [10, 20, 2000])
 def test_after_preload_every_import_status_is_present(jobs: int) -> None:
     world, _ = manual_world(jobs=jobs)
     world.start()
