@@ -47,6 +47,7 @@ class Exporter:
         )
         self._tracker = OutcomeTracker()
         self._scan_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def scan(self) -> None:
         """Run one scan; a failure is counted and logged, never raised."""
@@ -71,6 +72,13 @@ class Exporter:
         except TimeoutError:
             message = f"scan did not finish within {self.settings.scan_timeout:g}s"
             self._fail("timeout", message, started, outcome)
+            return
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Cancelled by serve() on SIGTERM: an expected end, not a failure for the scheduler
+            # to report with a traceback.
+            log.info("scan abandoned after %d pages: the exporter is stopping", outcome.pages)
             return
         except Exception as error:
             # A defect, most likely met through a CTS answer nobody foresaw. Counting it keeps
@@ -178,6 +186,7 @@ class Exporter:
         await asyncio.wait([serving, stop_requested], return_when=asyncio.FIRST_COMPLETED)
         log.info("stopping")
         scheduler.shutdown(wait=False)
+        self._stopping = True
         if self._scan_task is not None:
             self._scan_task.cancel()
         server.should_exit = True
