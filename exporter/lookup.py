@@ -16,8 +16,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -227,13 +227,20 @@ class Progress:
         self._shown = False
 
     def show(self, text: str) -> None:
-        """Replace the line with ``text``, cut to the terminal's width."""
+        """Replace the line with ``text``, cut to the terminal's width: put what changes first."""
         if not self._enabled:
             return
-        width = shutil.get_terminal_size().columns - 1
-        self._stream.write("\r\x1b[K" + text[:width])
+        self._stream.write("\r\x1b[K" + text[: self._width()])
         self._stream.flush()
         self._shown = True
+
+    def _width(self) -> int:
+        """Columns the line may fill: one less than the terminal's, so it never wraps."""
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except OSError:
+            columns = 0
+        return columns - 1 if columns > 1 else 79
 
     def clear(self) -> None:
         """Remove the line, so that the final report starts on a clean line."""
@@ -265,12 +272,12 @@ async def wait_for_import(
                     if not error.transient:
                         return last, error.code, str(error)
                     failure = error
-                    progress.show(f"job {lookup.job_id}: {error}; retrying ({waited} waited)")
+                    progress.show(f"{waited} waited: {error}; retrying (job {lookup.job_id})")
                 else:
                     failure = None
                     if last.exit is not Exit.NOT_FINISHED:
                         return last, last.exit, None
-                    progress.show(f"job {last.job_id}: {headline(last)} ({waited} waited)")
+                    progress.show(f"{waited} waited: {headline(last)} (job {last.job_id})")
                 await asyncio.sleep(interval)
     except TimeoutError:
         pass
@@ -292,9 +299,11 @@ def headline(report: JobReport) -> str:
     """Where the job and its import stand, in a few words."""
     view = report.view
     if view is None:
-        if report.state in _ENDED_WITHOUT_OUTPUT:
-            return f"job {report.state}, nothing to import"
-        return f"job {report.state}, not complete yet"
+        if report.state == "error":
+            return "the job failed: nothing to import"
+        if report.state == "canceled":
+            return "the job was canceled: nothing to import"
+        return f"the job has not completed yet ({report.state})"
     return {
         ImportStatus.COMPLETE: "imported",
         ImportStatus.NO_OPERATION: "nothing to import (no importer for this image)",
