@@ -218,7 +218,7 @@ def test_queries_use_only_metric_names_from_the_metrics_document() -> None:
 def test_every_query_parses_as_promql_after_interpolation(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: apt-get install prometheus"
-    rules = []
+    rules: list[dict[str, str]] = []
     for board in DASHBOARDS.values():
         for query in dq.queries(board):
             rules.append(

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-from promstack import Prometheus, free_port, start_prometheus, wait_until
+
+from tests.promstack import Prometheus, free_port, start_prometheus, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "grafana"))
@@ -70,12 +71,14 @@ def answers(url: str, check: Callable[[httpx.Response], bool] = lambda r: r.is_s
 
 
 def wait_for(process: subprocess.Popen[bytes], log: Path, condition: Callable[[], bool]) -> None:
+    """Wait until `condition` holds, failing with the process's log if it exits first."""
+
     def ready() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args!r} exited:\n{log.read_text()[-4000:]}")
+            raise RuntimeError(f"{log.stem} exited:\n{log.read_text()[-4000:]}")
         return condition()
 
-    wait_until(ready, START_TIMEOUT_SECONDS, f"{process.args[1:3]!r}", poll_seconds=0.2)
+    wait_until(ready, START_TIMEOUT_SECONDS, f"{log.stem} to be ready", poll_seconds=0.2)
 
 
 def control(cts_url: str, token: str, path: str, body: dict[str, Any]) -> Any:
@@ -142,6 +145,12 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]
 """
         prometheus = start_prometheus(scrape_config)
+        scraped = prometheus  # a name mypy can see is not None inside the lambda
+        wait_until(
+            lambda: bool(scraped.query("cts_exporter_build_info")),
+            START_TIMEOUT_SECONDS,
+            "Prometheus's first scrape of the exporter",
+        )
         yield Stack(cts_url, exporter_url, prometheus, failed_job, running_job, waiting_job)
     finally:
         if prometheus is not None:
