@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,17 +63,17 @@ class Exit(IntEnum):
 
 EXIT_MEANINGS: dict[Exit, str] = {
     Exit.IMPORTED: "the job's output was imported (import complete)",
-    Exit.USAGE: "bad flags, no CTS URL, or a token file that is missing, empty or unreadable",
-    Exit.NOTHING_TO_IMPORT: "the CSE has no importer for the job's image (no_operation)",
-    Exit.IMPORT_FAILED: "the import failed (error); an operator must reprocess the job",
-    Exit.JOB_FAILED: "the job ended in error or was canceled: there is no output to import",
-    Exit.TIMED_OUT: "wait only: --timeout passed before the import finished",
-    Exit.NOT_FOUND: "no job has this id (or the id is malformed)",
-    Exit.NOT_YOUR_JOB: "the job is another user's and the token is not an admin's",
-    Exit.BAD_TOKEN: "the CTS rejected the token (401, or 403 for an admin lacking staff roles)",
-    Exit.NOT_FINISHED: "status only: the job or its import is still under way",
-    Exit.CTS_UNAVAILABLE: "the CTS could not be reached or answered with an error",
-    Exit.UNREADABLE: "the job's state, times or CSE metadata cannot be read",
+    Exit.USAGE: "bad flags; no CTS URL or token; unusable token file",
+    Exit.NOTHING_TO_IMPORT: "no importer for the job's image (no_operation)",
+    Exit.IMPORT_FAILED: "the import failed (error); an operator must redo it",
+    Exit.JOB_FAILED: "the job ended in error or was canceled: no output",
+    Exit.TIMED_OUT: "wait: --timeout passed before the import finished",
+    Exit.NOT_FOUND: "no job has this id, or the id is malformed",
+    Exit.NOT_YOUR_JOB: "another user's job, and the token is not an admin's",
+    Exit.BAD_TOKEN: "the CTS rejected the token (401, or 403 for an admin)",
+    Exit.NOT_FINISHED: "status: the job or its import is still under way",
+    Exit.CTS_UNAVAILABLE: "the CTS is unreachable or answered with an error",
+    Exit.UNREADABLE: "the job's state, times or CSE metadata are unreadable",
 }
 
 _OUTCOME_EXITS = {
@@ -445,12 +446,13 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     parser = _Parser(
         prog=f"{PROG} {command}",
         description=summary,
-        epilog=(
+        epilog=textwrap.fill(
             f"The token is read from --cts-token-file, or from {ENV_PREFIX}CTS_TOKEN_FILE or "
             f"{ENV_PREFIX}CTS_TOKEN in the environment, never from a flag; the URL may come "
-            f"from {ENV_PREFIX}CTS_URL.\n\nexit codes:\n{codes}\n"
-            "  Any other code (1) is a fault of this program."
-        ),
+            f"from {ENV_PREFIX}CTS_URL.",
+            width=78,
+        )
+        + f"\n\nexit codes:\n{codes}\n  Any other code (1) is a fault of this program.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # '--cts-token' must never be taken for '--cts-token-file'
     )
