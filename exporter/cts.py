@@ -30,6 +30,22 @@ ERROR_REASONS: tuple[ErrorReason, ...] = ("connect", "timeout", "auth", "http", 
 
 ADMIN_ROLE = "full_admin"
 
+# Every state a CTS job can be in; the first seven are the normal path, in order.
+JOB_STATES = (
+    "created",
+    "download_submitted",
+    "job_submitting",
+    "job_submitted",
+    "upload_submitting",
+    "upload_submitted",
+    "complete",
+    "canceling",
+    "canceled",
+    "error_processing_submitting",
+    "error_processing_submitted",
+    "error",
+)
+
 Model = TypeVar("Model", bound="pydantic.BaseModel")
 
 

@@ -18,9 +18,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.cts import ERROR_REASONS, ErrorReason
+from exporter.cts import ERROR_REASONS, JOB_STATES, ErrorReason
 from exporter.imports import FINISHED_STATUSES, ImportStatus
-from exporter.scan import JOB_STATES, JobRecord, Snapshot
+from exporter.scan import JobRecord, Snapshot
 
 # Imports take from seconds (nothing to import) to a day (a backlog behind a CSE outage).
 IMPORT_BUCKETS = (

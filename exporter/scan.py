@@ -12,25 +12,11 @@ import logging
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from exporter.cts import CtsClient, CtsError, JobRow
+from exporter.cts import JOB_STATES, CtsClient, CtsError, JobRow
 from exporter.imports import ImportStatus, ImportView, InvalidMetadata, classify, parse_time
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = (
-    "created",
-    "download_submitted",
-    "job_submitting",
-    "job_submitted",
-    "upload_submitting",
-    "upload_submitted",
-    "complete",
-    "canceling",
-    "canceled",
-    "error_processing_submitting",
-    "error_processing_submitted",
-    "error",
-)
 KNOWN_STATES = frozenset(JOB_STATES)
 
 # Per-job series are capped; this order keeps the jobs an operator must act on.

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.scan import JOB_STATES
+from exporter.cts import JOB_STATES
 from exporter.simulator import Simulator, SimulatorOptions, start_simulator
 from tests.promstack import free_port
 

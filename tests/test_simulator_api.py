@@ -11,8 +11,9 @@ import anyio
 import httpx
 import pytest
 
+from exporter.cts import JOB_STATES
 from exporter.simulator import Simulator, SimulatorOptions, start_simulator
-from exporter.simulator.world import CSE_COMPLETE, CSE_ERROR, CSE_START, JOB_STATES, Job
+from exporter.simulator.world import CSE_COMPLETE, CSE_ERROR, CSE_START, Job
 from tests.simhelpers import bearer, import_statuses, quiet_options
 
 pytestmark = pytest.mark.anyio

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from exporter.cts import JOB_STATES
 from exporter.simulator.world import (
     CSE_COMPLETE,
     CSE_ERROR,
     CSE_START,
-    JOB_STATES,
     TERMINAL_STATES,
     Job,
     MetadataError,

@@ -25,11 +25,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from exporter import __version__
+from exporter.cts import JOB_STATES
 from exporter.simulator.faults import FaultMiddleware, FaultRequest, FaultRules
 from exporter.simulator.world import (
     CLUSTERS,
     IMAGES,
-    JOB_STATES,
     TERMINAL_STATES,
     Job,
     MetadataError,

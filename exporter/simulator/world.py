@@ -27,20 +27,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JOB_STATES = (
-    "created",
-    "download_submitted",
-    "job_submitting",
-    "job_submitted",
-    "upload_submitting",
-    "upload_submitted",
-    "complete",
-    "canceling",
-    "canceled",
-    "error_processing_submitting",
-    "error_processing_submitted",
-    "error",
-)
+from exporter.cts import JOB_STATES
+
 TERMINAL_STATES = frozenset({"complete", "error", "canceled"})
 NORMAL_PATH = JOB_STATES[:7]
 CANCEL_PATH = ("canceling", "canceled")
