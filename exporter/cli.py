@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from exporter import __version__, logs
-from exporter.cts import TokenError, TokenSource
+from exporter.cts import CaBundleError, TokenError, TokenSource
 from exporter.settings import (
     DEFAULT_PORT,
     ENV_PREFIX,
@@ -24,6 +26,8 @@ from exporter.settings import (
 )
 
 PROG = "cts-import-exporter"
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,20 +51,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(run_demo(settings))
 
-    try:
-        token = token_source(settings)
-    except TokenError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
-        return 2
     from exporter.runtime import Exporter
+    from exporter.webconfig import WebConfigError
 
     assert settings.cts_url is not None
-    return asyncio.run(Exporter(settings, settings.cts_url, token).serve())
+    try:
+        exporter = Exporter(settings, settings.cts_url, token_source(settings))
+    except (TokenError, CaBundleError, WebConfigError) as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 2
+    if _crosses_network_in_clear(settings.cts_url):
+        log.warning("the CTS URL is plain http: the admin token crosses the network in clear")
+    return asyncio.run(exporter.serve())
 
 
 def load_settings(args: Sequence[str]) -> ExporterSettings | None:
     """Settings from flags, environment and secret files; None after printing what is wrong."""
-    namespace = exporter_parser().parse_args(args)
+    namespace, unknown = exporter_parser().parse_known_args(args)
+    if unknown:
+        # argparse would echo the values too, and a mistyped flag's value may be the token.
+        flags = sorted({word.split("=", 1)[0] for word in unknown if word.startswith("-")})
+        named = ", ".join(flags) if flags else "a value without a flag"
+        print(f"{PROG}: unrecognised arguments: {named} (values not shown)", file=sys.stderr)
+        return None
     given = {name: value for name, value in vars(namespace).items() if value is not None}
     return settings_from(given)
 
@@ -74,6 +87,12 @@ def settings_from(given: Mapping[str, Any]) -> ExporterSettings | None:
         for problem in error.errors(include_url=False, include_input=False):
             print(f"{PROG}: {_explain(problem)}", file=sys.stderr)
         return None
+
+
+def _crosses_network_in_clear(url: str) -> bool:
+    """True for a plain-http URL to a host other than this machine."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1")
 
 
 def token_source(settings: ExporterSettings) -> TokenSource:

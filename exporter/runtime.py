@@ -20,6 +20,7 @@ from exporter.metrics import ExporterMetrics
 from exporter.scan import OutcomeTracker, ScanOutcome, build_snapshot, list_window
 from exporter.server import create_app
 from exporter.settings import ExporterSettings, split_address
+from exporter.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class Exporter:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
+        self.web = WebConfig()
+        if settings.web_config_file is not None:
+            self.web = load_web_config(settings.web_config_file)
         self.metrics = ExporterMetrics(settings.max_job_series)
         self.client = CtsClient(
             cts_url,
@@ -161,7 +165,11 @@ class Exporter:
 
         server = _QuietServer(
             uvicorn.Config(
-                create_app(self.metrics), log_config=None, access_log=False, lifespan="off"
+                create_app(self.metrics, self.web.users),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                **self.web.uvicorn_options(),
             )
         )
         serving = asyncio.create_task(server.serve(sockets=[listener]))
@@ -177,8 +185,10 @@ class Exporter:
         )
         scheduler.start()
         log.info(
-            "serving metrics on http://%s/metrics; scanning every %gs",
+            "serving metrics on %s://%s/metrics%s; scanning every %gs",
+            "https" if self.web.tls else "http",
             self.settings.listen_address,
+            " behind basic auth" if self.web.users else "",
             self.settings.scan_interval,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.openmetrics.exposition import (
@@ -13,16 +14,20 @@ from prometheus_client.openmetrics.exposition import (
     generate_latest as generate_openmetrics,
 )
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from exporter import __version__
 from exporter.metrics import ExporterMetrics
+from exporter.webconfig import BasicAuth
 
 
-def create_app(metrics: ExporterMetrics) -> Starlette:
-    """The ASGI application serving ``metrics``."""
+def create_app(
+    metrics: ExporterMetrics, basic_auth_users: Mapping[str, bytes] | None = None
+) -> Starlette:
+    """The ASGI application serving ``metrics``, behind basic auth when users are given."""
 
     async def serve_metrics(request: Request) -> Response:
         # Rendering reads only the last snapshot, so it never waits on a scan in progress.
@@ -44,7 +49,8 @@ def create_app(metrics: ExporterMetrics) -> Starlette:
             Route("/metrics", serve_metrics),
             Route("/", landing),
             Route("/healthz", healthz),
-        ]
+        ],
+        middleware=[Middleware(BasicAuth, users=basic_auth_users)] if basic_auth_users else [],
     )
 
 

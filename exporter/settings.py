@@ -102,6 +102,9 @@ class ExporterSettings(BaseSettings):
     max_response_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="largest CTS response body read, in bytes"
     )
+    web_config_file: Path | None = Field(
+        None, description="TLS and basic auth for /metrics (exporter-toolkit web config file)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="least severe level logged"
     )
