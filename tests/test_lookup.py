@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -572,3 +572,33 @@ def test_wait_shows_one_updating_line_on_a_terminal(cts: SimulatedCts) -> None:
     assert b"\n" not in shown, "progress stays on one line"
     assert shown.endswith(b"\r\x1b[K"), "the line is cleared before the report"
     assert stdout.startswith(f"job {job}: imported")
+
+
+def test_wait_ends_when_the_token_file_goes_away(cts: SimulatedCts) -> None:
+    job = cts.new_job()
+    token_file = cts.token_file_holding("vanishing-token", cts.token_file(OWNER).read_text())
+    waiting = subprocess.Popen(
+        wait_command(cts, job, token_file, "--interval", "0.2s", "--timeout", "10m"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_environment(),
+    )
+    try:
+        time.sleep(1.5)
+        token_file.unlink()
+        _, stderr = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == Exit.USAGE
+    assert "cannot read token file" in stderr
+
+
+def test_cse_clock_behind_the_cts_counts_as_no_lag_and_says_so(cts: SimulatedCts) -> None:
+    job = cts.new_job()
+    completed = as_json(status(cts, job, cts.token_file(OWNER), "--json"))["completed_at"]
+    early = (datetime.fromisoformat(completed) - timedelta(seconds=5)).isoformat()
+    cts.set_admin_meta(job, {"cse_event_processing_complete": early})
+    result = status(cts, job, cts.token_file(OWNER), "--json")
+    assert result.returncode == Exit.IMPORTED
+    report = as_json(result)
+    assert report["import"]["clock_skew"] is True
+    assert report["import"]["lag_seconds"] == 0
+    assert "note      the CSE's clock is behind" in status(cts, job, cts.token_file(OWNER)).stdout
