@@ -132,7 +132,8 @@ class JobReport:
             return None
         if self.view.status is ImportStatus.RUNNING:
             return max(self.checked_at - self.view.started_at, 0.0)
-        return self.view.duration if self.view.duration is None else max(self.view.duration, 0.0)
+        duration = self.view.duration
+        return None if duration is None else max(duration, 0.0)
 
 
 class JobLookup:
