@@ -9,7 +9,7 @@ here, once per scan, so that a scrape stays cheap however many jobs the window h
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from exporter.cts import JOB_STATES, CtsClient, CtsError, JobRow
@@ -66,9 +66,13 @@ class Snapshot:
 
 @dataclass
 class ScanOutcome:
-    """Pages listed by a scan; filled as the scan goes, so a failure still reports progress."""
+    """Pages listed by a scan; filled as the scan goes, so a failure still reports progress.
 
-    rows: list[JobRow] = field(default_factory=list)
+    The listing reads each job as its page arrives and keeps only its JobRecord, a tenth of the
+    memory of the CTS row; rows that cannot be read stay as they came, to be counted.
+    """
+
+    rows: list[JobRow | JobRecord] = field(default_factory=list)
     pages: int = 0
     truncated: bool = False
     unreadable_rows: int = 0
@@ -119,7 +123,8 @@ async def list_window(
             if len(outcome.rows) == max_jobs:
                 outcome.truncated = True
                 return
-            outcome.rows.append(row)
+            record = read_job(row, classify_import=True)
+            outcome.rows.append(row if record is None else record)
 
         if page.size < page_size or oldest is None:
             return
@@ -158,25 +163,20 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     invalid = skewed = 0
     unreadable = outcome.unreadable_rows
     for row in outcome.rows:
-        record = read_job(row)
+        record = row if isinstance(row, JobRecord) else read_job(row, classify_import=True)
         if record is None:
             unreadable += 1
             continue
         state_counts[record.state] += 1
+        jobs.append(record)
+        view = record.view
         if record.completed_at is None:
-            jobs.append(record)
             continue
-        try:
-            view = classify(record.completed_at, row.admin_meta)
-        except InvalidMetadata as error:
+        if view is None:
             invalid += 1
-            log.debug("job %s: %s", record.id, error)
-            jobs.append(record)
             continue
-        record = replace(record, view=view)
         status_counts[view.status] += 1
         skewed += view.skewed
-        jobs.append(record)
 
     imports = [job for job in jobs if job.view is not None]
     imports.sort(key=_series_order)
@@ -207,9 +207,12 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     )
 
 
-def read_job(row: JobRow) -> JobRecord | None:
-    """A job as the exporter keeps it, not yet classified; None when its state or times cannot
-    be read."""
+def read_job(row: JobRow, *, classify_import: bool = False) -> JobRecord | None:
+    """A job as the exporter keeps it; None when its state or times cannot be read.
+
+    With ``classify_import``, a completed job also carries its import view, or none when its
+    CSE metadata is invalid.
+    """
     if row.state not in KNOWN_STATES or not row.transition_times:
         return None
     last_transition = parse_time(row.transition_times[-1].time)
@@ -227,6 +230,12 @@ def read_job(row: JobRow) -> JobRecord | None:
         )
         if completed_at is None:
             return None
+    view = None
+    if classify_import and completed_at is not None:
+        try:
+            view = classify(completed_at, row.admin_meta)
+        except InvalidMetadata as error:
+            log.debug("job %s: %s", row.id, error)
     return JobRecord(
         id=row.id,
         user=row.user,
@@ -235,6 +244,7 @@ def read_job(row: JobRow) -> JobRecord | None:
         state=row.state,
         last_transition=last_transition,
         completed_at=completed_at,
+        view=view,
     )
 
 
