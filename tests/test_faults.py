@@ -19,6 +19,7 @@ from exporter.cts import RetryPolicy, TokenSource
 from exporter.runtime import Exporter
 from exporter.server import create_app
 from exporter.settings import ExporterSettings
+from exporter.simulator import SimulatorOptions, start_simulator
 from tests.misbehaving import (
     TOKEN,
     Body,
@@ -366,7 +367,9 @@ async def test_extra_fields_are_ignored(cts: CtsStandIn) -> None:
 async def test_every_spelling_of_a_time_is_read_and_bad_ones_are_counted(
     cts: CtsStandIn,
 ) -> None:
-    done = ago(400)
+    # Whole seconds, so that every spelling, fraction or not, names the same instant.
+    completed = ago(500).replace(microsecond=0)
+    done = completed + timedelta(seconds=100)
     spellings = {
         "zulu-millis": iso(done),
         "offset-micros": done.isoformat(),
@@ -374,7 +377,7 @@ async def test_every_spelling_of_a_time_is_read_and_bad_ones_are_counted(
         "other-zone": done.astimezone(timezone(timedelta(hours=2))).isoformat(),
     }
     cts.jobs = [
-        job(name, completed=ago(500), start=ago(450), complete=text)
+        job(name, completed=completed, start=completed, complete=text)
         for name, text in spellings.items()
     ]
     cts.jobs += [
@@ -400,7 +403,7 @@ async def test_every_spelling_of_a_time_is_read_and_bad_ones_are_counted(
             image="ghcr.io/kbase/checkm2",
             status="complete",
         )
-        assert lag == pytest.approx(100, abs=0.01)
+        assert lag == 100
 
 
 @pytest.mark.parametrize("corrupt", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
@@ -501,3 +504,51 @@ async def test_a_cts_clock_off_by_minutes_shows_as_skew_and_lags_stay_positive(
         status="waiting",
     )
     assert lag >= 0
+
+
+# ---- through the simulated CTS's own fault rules --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        pytest.param({"action": "status", "status": 503}, "http", id="503"),
+        pytest.param({"action": "body", "body": "<html>oops</html>"}, "payload", id="html"),
+        pytest.param({"action": "disconnect", "after_bytes": 8}, "connect", id="cut"),
+    ],
+)
+async def test_the_simulated_ctss_fault_rules_fail_a_scan_that_recovers_when_cleared(
+    rule: dict[str, Any], reason: str
+) -> None:
+    options = SimulatorOptions(jobs=0, arrival_interval=0, outage_interval=0, seed=1)
+    async with start_simulator(options) as simulator:
+        control = httpx.AsyncClient(
+            base_url=simulator.url,
+            headers={"Authorization": f"Bearer {simulator.admin_token}"},
+        )
+        created = await control.post("/_sim/jobs", json={"user": "alice"})
+        assert created.status_code == 200
+        settings = {"cts_token": simulator.admin_token, "request_timeout": 0.5, "scan_timeout": 2}
+        configured = ExporterSettings(cts_url=simulator.url, **settings)
+        token = TokenSource(value=simulator.admin_token)
+        exporter = Exporter(configured, simulator.url, token, retry=QUICK_RETRY)
+        await exporter.scan()
+        good = samples(exporter.metrics)
+
+        faults = await control.post("/_sim/faults", json={"rules": [{**rule, "path": "/admin"}]})
+        assert faults.status_code in (200, 201, 204)
+        await exporter.scan()
+        failed = samples(exporter.metrics)
+
+        await control.delete("/_sim/faults")
+        await exporter.scan()
+        healed = samples(exporter.metrics)
+        await control.aclose()
+        await exporter.client.aclose()
+
+    assert value(good, "cts_import_jobs", status="waiting") == 1
+    assert value(failed, "cts_exporter_last_scan_success") == 0
+    assert value(failed, "cts_exporter_scan_errors_total", reason=reason) == 1
+    assert picture(failed) == picture(good)
+    assert value(healed, "cts_exporter_last_scan_success") == 1
+    assert picture(healed) == picture(good)
