@@ -436,7 +436,7 @@ def _retry_after(header: str | None) -> float | None:
     if not header:
         return None
     header = header.strip()
-    if header.isdigit():
+    if header.isascii() and header.isdigit():  # isdigit alone accepts "²", which float refuses
         return float(header)
     try:
         when = email.utils.parsedate_to_datetime(header)
