@@ -116,8 +116,8 @@ def exporter_parser() -> argparse.ArgumentParser:
             f"'{PROG} status --help' and '{PROG} wait --help' (one job's import). "
             f"The token is read from --cts-token-file, or from {ENV_PREFIX}CTS_TOKEN or "
             f"{ENV_PREFIX}CTS_TOKEN_FILE in the environment, never from a flag. "
-            f"The default port {DEFAULT_PORT} is outside every other exporter's default in "
-            "Prometheus's port allocation list."
+            f"The default port {DEFAULT_PORT} lies in the range Prometheus's port allocation "
+            "list keeps for exporters; change it with --listen-address."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         # Abbreviations would let "--cts-token SECRET" pass as --cts-token-file.
