@@ -24,20 +24,10 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from exporter.metrics import ExporterMetrics
+from exporter.cts import JOB_STATES
 
 TOKEN = "tok-7f3e9c1d2b-admin-secret"
-NORMAL_PATH = [
-    "created",
-    "download_submitted",
-    "job_submitting",
-    "job_submitted",
-    "upload_submitting",
-    "upload_submitted",
-]
+NORMAL_PATH = JOB_STATES[:6]  # the states a completed job passed through before `complete`
 
 
 # ---- jobs as the CTS sends them -------------------------------------------------------------
@@ -466,28 +456,3 @@ def unaccepting_port() -> Iterator[int]:
         for filler in fillers:
             filler.close()
         listener.close()
-
-
-# ---- reading metrics ------------------------------------------------------------------------
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples_of(text: str) -> Samples:
-    """Every sample of a Prometheus text exposition, keyed by name and labels."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def samples(metrics: ExporterMetrics) -> Samples:
-    """The samples an in-process exporter would serve now."""
-    return samples_of(generate_latest(metrics.registry).decode())
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    """One sample's value; KeyError when the series is absent."""
-    return found[(name, frozenset(labels.items()))]

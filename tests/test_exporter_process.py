@@ -15,36 +15,16 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cts import JOB_STATES
 from exporter.simulator import Simulator, SimulatorOptions, start_simulator
+from tests.exposition import Samples, parse, series, value
 from tests.promstack import free_port
 
 pytestmark = pytest.mark.anyio
 
 EXPORTER = str(Path(sys.executable).with_name("cts-import-exporter"))
 PAGE_SIZE = 4
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample of an exposition, keyed by name and label set."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
-
-
-def series(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
-    return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
 class ExporterProcess:

@@ -20,6 +20,7 @@ from exporter.runtime import Exporter
 from exporter.server import create_app
 from exporter.settings import ExporterSettings
 from exporter.simulator import SimulatorOptions, start_simulator
+from tests.exposition import Samples, samples, value
 from tests.misbehaving import (
     TOKEN,
     Body,
@@ -28,7 +29,6 @@ from tests.misbehaving import (
     Drip,
     Fault,
     Hangup,
-    Samples,
     Stall,
     Status,
     ago,
@@ -36,9 +36,7 @@ from tests.misbehaving import (
     http_date,
     iso,
     job,
-    samples,
     unaccepting_port,
-    value,
 )
 
 pytestmark = pytest.mark.anyio

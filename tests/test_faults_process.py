@@ -10,7 +10,8 @@ import anyio
 import httpx
 import pytest
 
-from tests.misbehaving import TOKEN, CtsStandIn, Stall, ago, free_port, job, value
+from tests.exposition import value
+from tests.misbehaving import TOKEN, CtsStandIn, Stall, ago, free_port, job
 from tests.test_exporter_process import exporter_process, write_token
 
 pytestmark = pytest.mark.anyio

@@ -23,7 +23,8 @@ from exporter.metrics import ExporterMetrics
 from exporter.runtime import Exporter
 from exporter.server import create_app
 from exporter.settings import ExporterSettings
-from tests.misbehaving import TOKEN, CtsStandIn, Status, ago, job, samples, value
+from tests.exposition import samples, value
+from tests.misbehaving import TOKEN, CtsStandIn, Status, ago, job
 from tests.test_exporter_process import exporter_process, write_token
 from tests.test_faults import QUICK_RETRY
 
