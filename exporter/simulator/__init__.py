@@ -120,7 +120,9 @@ async def start_simulator(options: SimulatorOptions | None = None) -> AsyncItera
     await asyncio.to_thread(world.start)
     cts = SimulatedCts(world, tokens)
 
-    listener = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
+    # IPPROTO_TCP by name, so that asyncio sets TCP_NODELAY on accepted connections.
+    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((options.host, options.port))
     port = listener.getsockname()[1]
