@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
+import orjson
 import pydantic
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ JOB_STATES = (
 )
 
 Model = TypeVar("Model", bound="pydantic.BaseModel")
+Body = TypeVar("Body")
 
 
 class CtsError(Exception):
@@ -59,94 +61,72 @@ class CtsError(Exception):
 
 
 # ---- payloads -------------------------------------------------------------------------------
-# Only the fields the exporter reads are declared; the CTS sends many more, which are ignored.
-# Times stay strings here: a job with an unreadable time is set aside on its own instead of
-# failing the whole page.
+# Jobs are decoded here and read field by field in exporter.scan.read_job, so that a job with an
+# unreadable field is set aside on its own; the small service payloads are pydantic models.
+# Only the fields the exporter reads matter; the CTS sends many more, which are ignored.
 
 
 class _Payload(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
 
 
-class Transition(_Payload):
-    """One entry of a job's ``transition_times``."""
+@dataclass(frozen=True)
+class JobPage:
+    """The body of ``GET /admin/jobs`` and ``GET /jobs``: its rows, decoded but not yet read.
 
-    state: str
-    time: str
-
-
-class JobImage(_Payload):
-    """The part of a job's ``image`` the exporter labels series with."""
-
-    name: str = ""
-
-
-class JobInput(_Payload):
-    """The part of a job's ``job_input`` the exporter labels series with."""
-
-    cluster: str = ""
-
-
-class JobRow(_Payload):
-    """A job as the list endpoints and the status endpoints return it."""
-
-    id: str
-    state: str
-    user: str = ""
-    transition_times: list[Transition] = []
-    admin_meta: dict[str, Any] = {}
-    job_input: JobInput | None = None
-    image: JobImage | None = None
-
-
-class JobPage(_Payload):
-    """The body of ``GET /admin/jobs`` and ``GET /jobs``.
-
-    A row that is not a readable job (wrong types, missing id or state) is set aside and
-    counted in ``unreadable_rows`` instead of failing the page: one bad job must not stop the
-    exporter from seeing every other job for as long as it stays in the look-back window.
+    Rows are read one by one later (``exporter.scan.read_job``), so that a row that is not a
+    readable job is set aside and counted instead of failing the page: one bad job must not
+    stop the exporter from seeing every other job for as long as it stays in the window.
+    Decoding with orjson and reading only the fields the exporter uses costs less than half of
+    what validating every row with a model did, at 100,000 jobs a scan.
     """
 
-    jobs: list[JobRow]
-    unreadable_rows: int = 0
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _set_aside_unreadable_rows(cls, body: Any) -> Any:
-        if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
-            return body
-        rows: list[JobRow] = []
-        for row in body["jobs"]:
-            try:
-                rows.append(JobRow.model_validate(row))
-            except pydantic.ValidationError:
-                continue
-        return {"jobs": rows, "unreadable_rows": len(body["jobs"]) - len(rows)}
-
-    @classmethod
-    def model_validate_json(cls, json_data: str | bytes | bytearray, **options: Any) -> Self:
-        """Read a page straight from its JSON; only a page with an unreadable row is read again
-        row by row.
-
-        Reading row by row first turns the whole body into Python objects, fields the exporter
-        ignores included, which takes twice as long as reading only the declared fields.
-        """
-        try:
-            rows = _ReadableRows.model_validate_json(json_data, **options).jobs
-        except pydantic.ValidationError:
-            return super().model_validate_json(json_data, **options)
-        return cls.model_construct(jobs=rows)
+    rows: list[object]
 
     @property
     def size(self) -> int:
         """Rows the CTS sent, readable or not: what the page's limit counts."""
-        return len(self.jobs) + self.unreadable_rows
+        return len(self.rows)
 
 
-class _ReadableRows(_Payload):
-    """A list body in which every row is a readable job: the common case, read in one pass."""
+class PayloadError(ValueError):
+    """A 2xx body that is not what the endpoint returns."""
 
-    jobs: list[JobRow]
+
+def read_page(body: bytes) -> JobPage:
+    """A list endpoint's body; PayloadError unless it is an object with a ``jobs`` list."""
+    decoded = _decode_object(body)
+    rows = decoded.get("jobs")
+    if not isinstance(rows, list):
+        raise PayloadError("unexpected body: no list of jobs")
+    return JobPage(rows)
+
+
+def read_job_body(body: bytes) -> dict[str, Any]:
+    """A single-job endpoint's body, decoded; PayloadError unless it is a JSON object."""
+    return _decode_object(body)
+
+
+def _decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise PayloadError(f"body is not JSON ({str(error)[:80]})") from None
+    if not isinstance(decoded, dict):
+        raise PayloadError(f"unexpected body: a JSON {type(decoded).__name__}, not an object")
+    return decoded
+
+
+def _read_model(model: type[Model]) -> Callable[[bytes], Model]:
+    """A body reader for a small pydantic payload."""
+
+    def read(body: bytes) -> Model:
+        try:
+            return model.model_validate_json(body)
+        except pydantic.ValidationError as error:
+            raise PayloadError(_describe(error)) from None
+
+    return read
 
 
 class ServiceInfo(_Payload):
@@ -276,11 +256,11 @@ class CtsClient:
 
     async def service_info(self) -> ServiceInfo:
         """``GET /``: the service's name, version and clock."""
-        return await self._get("/", ServiceInfo)
+        return await self._get("/", _read_model(ServiceInfo))
 
     async def whoami(self) -> Identity:
         """``GET /whoami``: whose token this is and whether it is an admin's."""
-        return await self._get("/whoami", Identity)
+        return await self._get("/whoami", _read_model(Identity))
 
     async def list_jobs(
         self, *, admin: bool, after: datetime, before: datetime | None, limit: int
@@ -289,24 +269,26 @@ class CtsClient:
         params = {"after": _iso(after), "limit": str(limit)}
         if before is not None:
             params["before"] = _iso(before)
-        return await self._get("/admin/jobs" if admin else "/jobs", JobPage, params)
+        return await self._get("/admin/jobs" if admin else "/jobs", read_page, params)
 
-    async def job_status(self, job_id: str) -> JobRow:
-        """``GET /jobs/{id}/status``: one job, for its owner only."""
-        return await self._get(f"/jobs/{job_id}/status", JobRow, endpoint="/jobs/{id}/status")
+    async def job_status(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/{id}/status``: one job, for its owner only, decoded but not yet read."""
+        return await self._get(
+            f"/jobs/{job_id}/status", read_job_body, endpoint="/jobs/{id}/status"
+        )
 
-    async def admin_job(self, job_id: str) -> JobRow:
-        """``GET /admin/jobs/{id}``: one job, for an admin."""
-        return await self._get(f"/admin/jobs/{job_id}", JobRow, endpoint="/admin/jobs/{id}")
+    async def admin_job(self, job_id: str) -> dict[str, Any]:
+        """``GET /admin/jobs/{id}``: one job, for an admin, decoded but not yet read."""
+        return await self._get(f"/admin/jobs/{job_id}", read_job_body, endpoint="/admin/jobs/{id}")
 
     async def _get(
         self,
         path: str,
-        model: type[Model],
+        read: Callable[[bytes], Body],
         params: dict[str, str] | None = None,
         endpoint: str | None = None,
-    ) -> Model:
-        """GET a path and read its body as ``model``, retrying what may pass on a retry."""
+    ) -> Body:
+        """GET a path and ``read`` its body, retrying what may pass on a retry."""
         endpoint = endpoint or path
         for attempt in range(1, self._retry.attempts + 1):
             try:
@@ -330,9 +312,9 @@ class CtsClient:
                 await asyncio.sleep(pause)
                 continue
             try:
-                return model.model_validate_json(body)
-            except pydantic.ValidationError as error:
-                raise CtsError("payload", f"GET {endpoint}: {_describe(error)}") from None
+                return read(body)
+            except PayloadError as error:
+                raise CtsError("payload", f"GET {endpoint}: {error}") from None
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _get_once(self, path: str, params: dict[str, str] | None, endpoint: str) -> bytes:

@@ -24,11 +24,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from exporter.cli import PROG, settings_from, token_source
-from exporter.cts import CtsClient, CtsError, Identity, JobRow, RetryPolicy, TokenError
-from exporter.imports import ImportStatus, ImportView, InvalidMetadata, classify
+from exporter.cts import CtsClient, CtsError, Identity, RetryPolicy, TokenError
+from exporter.imports import ImportStatus, ImportView
 from exporter.scan import read_job
 from exporter.settings import ENV_PREFIX, parse_duration
 
@@ -152,7 +152,7 @@ class JobLookup:
             raise _failure(error, self.job_id) from None
         return report_from(row, checked_at=time.time(), read_as_admin=self._as_admin)
 
-    async def _fetch(self) -> JobRow:
+    async def _fetch(self) -> dict[str, Any]:
         if self._as_admin:
             return await self._client.admin_job(self.job_id)
         try:
@@ -167,29 +167,26 @@ class JobLookup:
         return await self._client.admin_job(self.job_id)
 
 
-def report_from(row: JobRow, *, checked_at: float, read_as_admin: bool) -> JobReport:
+def report_from(row: dict[str, Any], *, checked_at: float, read_as_admin: bool) -> JobReport:
     """A report of a job as the CTS returned it; raises LookupFailed(UNREADABLE) when it cannot
     be read."""
     record = read_job(row)
     if record is None:
         raise LookupFailed(
-            Exit.UNREADABLE, f"job {row.id} has an unknown state or unreadable transition times"
+            Exit.UNREADABLE,
+            f"job {row.get('id')} has an unknown state or unreadable transition times",
         )
-    view = None
-    if record.completed_at is not None:
-        try:
-            view = classify(record.completed_at, row.admin_meta)
-        except InvalidMetadata as error:
-            raise LookupFailed(
-                Exit.UNREADABLE, f"job {row.id} has invalid import metadata: {error}"
-            ) from None
+    if record.metadata_error is not None:
+        raise LookupFailed(
+            Exit.UNREADABLE, f"job {record.id} has invalid import metadata: {record.metadata_error}"
+        )
     return JobReport(
-        job_id=row.id,
-        user=row.user,
+        job_id=record.id,
+        user=record.user,
         state=record.state,
         state_since=record.last_transition,
         completed_at=record.completed_at,
-        view=view,
+        view=record.view,
         checked_at=checked_at,
         read_as_admin=read_as_admin,
     )

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from exporter.cts import JOB_STATES, CtsClient, CtsError, JobRow
+from exporter.cts import JOB_STATES, CtsClient, CtsError
 from exporter.imports import ImportStatus, ImportView, InvalidMetadata, classify, parse_time
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class JobRecord:
     last_transition: float
     completed_at: float | None = None
     view: ImportView | None = None
+    metadata_error: str | None = None
+    """Why a completed job has no import view: its CSE metadata could not be read."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,13 @@ class Snapshot:
 
 @dataclass
 class ScanOutcome:
-    """Pages listed by a scan; filled as the scan goes, so a failure still reports progress.
+    """Jobs listed by a scan; filled as the scan goes, so a failure still reports progress.
 
-    The listing reads each job as its page arrives and keeps only its JobRecord, a tenth of the
-    memory of the CTS row; rows that cannot be read stay as they came, to be counted.
+    Each job is read as its page arrives and only its JobRecord is kept, a tenth of the memory
+    of the CTS row; rows that are not readable jobs are only counted.
     """
 
-    rows: list[JobRow | JobRecord] = field(default_factory=list)
+    rows: list[JobRecord] = field(default_factory=list)
     pages: int = 0
     truncated: bool = False
     unreadable_rows: int = 0
@@ -108,23 +110,26 @@ async def list_window(
     while True:
         page = await client.list_jobs(admin=admin, after=after, before=before, limit=page_size)
         outcome.pages += 1
-        outcome.unreadable_rows += page.unreadable_rows
         oldest: float | None = None
         fresh = 0
-        for row in page.jobs:
-            if row.transition_times:
-                moment = parse_time(row.transition_times[-1].time)
-                if moment is not None and (oldest is None or moment < oldest):
-                    oldest = moment
-            if row.id in seen:
-                continue
-            seen.add(row.id)
+        for row in page.rows:
+            record = read_job(row)
+            moment = record.last_transition if record else _last_transition(row)
+            if moment is not None and (oldest is None or moment < oldest):
+                oldest = moment
+            job_id = record.id if record else _job_id(row)
+            if job_id is not None:
+                if job_id in seen:
+                    continue
+                seen.add(job_id)
             fresh += 1
-            if len(outcome.rows) == max_jobs:
+            if len(outcome.rows) + outcome.unreadable_rows == max_jobs:
                 outcome.truncated = True
                 return
-            record = read_job(row, classify_import=True)
-            outcome.rows.append(row if record is None else record)
+            if record is None:
+                outcome.unreadable_rows += 1
+            else:
+                outcome.rows.append(record)
 
         if page.size < page_size or oldest is None:
             return
@@ -162,11 +167,7 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     status_counts = dict.fromkeys(ImportStatus, 0)
     invalid = skewed = 0
     unreadable = outcome.unreadable_rows
-    for row in outcome.rows:
-        record = row if isinstance(row, JobRecord) else read_job(row, classify_import=True)
-        if record is None:
-            unreadable += 1
-            continue
+    for record in outcome.rows:
         state_counts[record.state] += 1
         jobs.append(record)
         view = record.view
@@ -207,45 +208,82 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
     )
 
 
-def read_job(row: JobRow, *, classify_import: bool = False) -> JobRecord | None:
-    """A job as the exporter keeps it; None when its state or times cannot be read.
+def read_job(row: object) -> JobRecord | None:
+    """A job, as a list or status endpoint returns it, read into what the exporter keeps.
 
-    With ``classify_import``, a completed job also carries its import view, or none when its
-    CSE metadata is invalid.
+    A completed job also gets its import status, or ``metadata_error`` when its CSE keys cannot
+    be read. None when the row is not a readable job: not an object, an id that is not a string,
+    a state outside the known twelve, no readable last transition time, fields of the wrong type.
     """
-    if row.state not in KNOWN_STATES or not row.transition_times:
+    if not isinstance(row, dict):
         return None
-    last_transition = parse_time(row.transition_times[-1].time)
-    if last_transition is None:
+    job_id, state, user = row.get("id"), row.get("state"), row.get("user", "")
+    if not (isinstance(job_id, str) and isinstance(state, str) and isinstance(user, str)):
         return None
-    completed_at = None
-    if row.state == "complete":
+    transitions = row.get("transition_times")
+    admin_meta = row.get("admin_meta", {})
+    if state not in KNOWN_STATES or not transitions or not isinstance(admin_meta, dict):
+        return None
+    last_transition = _last_transition(row)
+    cluster = _field(row, "job_input", "cluster")
+    image = _field(row, "image", "name")
+    if last_transition is None or cluster is None or image is None:
+        return None
+
+    completed_at = view = metadata_error = None
+    if state == "complete":
         completed_at = next(
             (
-                parse_time(step.time)
-                for step in reversed(row.transition_times)
-                if step.state == "complete"
+                parse_time(step.get("time"))
+                for step in reversed(transitions)
+                if isinstance(step, dict) and step.get("state") == "complete"
             ),
             None,
         )
         if completed_at is None:
             return None
-    view = None
-    if classify_import and completed_at is not None:
         try:
-            view = classify(completed_at, row.admin_meta)
+            view = classify(completed_at, admin_meta)
         except InvalidMetadata as error:
-            log.debug("job %s: %s", row.id, error)
+            metadata_error = str(error)
     return JobRecord(
-        id=row.id,
-        user=row.user,
-        cluster=row.job_input.cluster if row.job_input else "",
-        image=image_name(row.image.name) if row.image else "",
-        state=row.state,
+        id=job_id,
+        user=user,
+        cluster=cluster,
+        image=image_name(image),
+        state=state,
         last_transition=last_transition,
         completed_at=completed_at,
         view=view,
+        metadata_error=metadata_error,
     )
+
+
+def _last_transition(row: object) -> float | None:
+    """The time of a row's last state transition, when it has a readable one."""
+    if not isinstance(row, dict):
+        return None
+    transitions = row.get("transition_times")
+    if not isinstance(transitions, list) or not transitions:
+        return None
+    last = transitions[-1]
+    return parse_time(last.get("time")) if isinstance(last, dict) else None
+
+
+def _job_id(row: object) -> str | None:
+    job_id = row.get("id") if isinstance(row, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+def _field(row: dict[str, object], part: str, name: str) -> str | None:
+    """A string inside one of a row's optional objects; "" when absent, None when malformed."""
+    inner = row.get(part)
+    if inner is None:
+        return ""
+    if not isinstance(inner, dict):
+        return None
+    found = inner.get(name, "")
+    return found if isinstance(found, str) else None
 
 
 def _series_order(job: JobRecord) -> tuple[int, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from exporter.cts import JobRow
+from exporter.scan import ScanOutcome, read_job
 
 NOW = datetime(2026, 11, 2, 12, 0, 0, tzinfo=UTC)
 
@@ -25,7 +25,7 @@ def cse_time(moment: datetime) -> str:
     return moment.isoformat()
 
 
-def job_json(
+def job(
     job_id: str,
     *,
     state: str = "complete",
@@ -37,7 +37,7 @@ def job_json(
 ) -> dict[str, Any]:
     """A job row whose last transition (into ``state``) happened at ``last``.
 
-    CSE keys are named by their suffix: ``job_json("a", start=ago(5), complete=ago(1))``.
+    CSE keys are named by their suffix: ``job("a", start=ago(5), complete=ago(1))``.
     """
     last = last or ago(60)
     return {
@@ -60,6 +60,11 @@ def job_json(
     }
 
 
-def job(job_id: str, **kwargs: Any) -> JobRow:
-    """The same job, parsed as the client parses it."""
-    return JobRow.model_validate(job_json(job_id, **kwargs))
+def listed(*rows: dict[str, Any]) -> ScanOutcome:
+    """What a scan keeps of these rows, as if one page had listed them."""
+    records = [read_job(row) for row in rows]
+    return ScanOutcome(
+        rows=[record for record in records if record is not None],
+        pages=1,
+        unreadable_rows=records.count(None),
+    )

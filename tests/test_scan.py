@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
-from exporter.cts import JobPage, JobRow
+from exporter.cts import JobPage
 from exporter.imports import ImportStatus, parse_time
 from exporter.scan import (
     OutcomeTracker,
@@ -17,7 +18,7 @@ from exporter.scan import (
     image_name,
     list_window,
 )
-from tests.jobs import NOW, ago, job
+from tests.jobs import NOW, ago, job, listed
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +28,7 @@ LOOKBACK = timedelta(days=7)
 class ListingCts:
     """The CTS's list semantics in memory: last transition in [after, before), newest first."""
 
-    def __init__(self, rows: list[JobRow]) -> None:
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
         self.requests: list[tuple[datetime, datetime | None, int]] = []
 
@@ -36,8 +37,8 @@ class ListingCts:
     ) -> JobPage:
         self.requests.append((after, before, limit))
 
-        def last(row: JobRow) -> float:
-            moment = parse_time(row.transition_times[-1].time)
+        def last(row: dict[str, Any]) -> float:
+            moment = parse_time(row["transition_times"][-1]["time"])
             assert moment is not None
             return moment
 
@@ -47,7 +48,7 @@ class ListingCts:
             if last(row) >= after.timestamp() and (before is None or last(row) < before.timestamp())
         ]
         chosen.sort(key=last, reverse=True)
-        return JobPage(jobs=chosen[:limit])
+        return JobPage(rows=list(chosen[:limit]))
 
 
 async def scan(cts: ListingCts, *, page_size: int = 3, max_jobs: int = 1000) -> ScanOutcome:
@@ -73,7 +74,7 @@ async def test_paging_finds_every_job_once_when_jobs_share_a_millisecond_at_a_bo
 
     outcome = await scan(cts, page_size=4)
 
-    assert sorted(row.id for row in outcome.rows) == sorted(row.id for row in rows)
+    assert sorted(record.id for record in outcome.rows) == sorted(row["id"] for row in rows)
     assert outcome.pages >= 3
     assert not outcome.truncated
     # The second page asks for jobs before the boundary plus one millisecond.
@@ -112,23 +113,20 @@ async def test_more_jobs_in_one_millisecond_than_a_page_holds_ends_the_scan(
     assert "share the transition time" in caplog.text
 
 
-def snapshot_of(*rows: JobRow) -> Snapshot:
-    return build_snapshot(ScanOutcome(rows=list(rows), pages=1), started=0.0, finished=1.0)
+def snapshot_of(*rows: dict[str, Any]) -> Snapshot:
+    return build_snapshot(listed(*rows), started=0.0, finished=1.0)
 
 
 def test_snapshot_counts_states_and_import_statuses() -> None:
     snapshot = build_snapshot(
-        ScanOutcome(
-            rows=[
-                job("waiting", last=ago(100)),
-                job("running", last=ago(100), start=ago(50)),
-                job("done", last=ago(100), start=ago(90), complete=ago(80)),
-                job("nothing", last=ago(100), no_operation=ago(95)),
-                job("failed", last=ago(100), start=ago(90), error=ago(85)),
-                job("queued", state="job_submitted", last=ago(5)),
-                job("broken", last=ago(100), complete="last tuesday"),
-            ],
-            pages=1,
+        listed(
+            job("waiting", last=ago(100)),
+            job("running", last=ago(100), start=ago(50)),
+            job("done", last=ago(100), start=ago(90), complete=ago(80)),
+            job("nothing", last=ago(100), no_operation=ago(95)),
+            job("failed", last=ago(100), start=ago(90), error=ago(85)),
+            job("queued", state="job_submitted", last=ago(5)),
+            job("broken", last=ago(100), complete="last tuesday"),
         ),
         started=0.0,
         finished=1.0,
@@ -150,14 +148,12 @@ def test_snapshot_counts_states_and_import_statuses() -> None:
 
 def test_per_job_order_puts_errors_then_running_then_waiting_newest_first() -> None:
     snapshot = build_snapshot(
-        ScanOutcome(
-            rows=[
-                job("done", last=ago(10), complete=ago(5)),
-                job("waiting-old", last=ago(300)),
-                job("waiting-new", last=ago(200)),
-                job("running", last=ago(400), start=ago(350)),
-                job("failed", last=ago(500), error=ago(450)),
-            ]
+        listed(
+            job("done", last=ago(10), complete=ago(5)),
+            job("waiting-old", last=ago(300)),
+            job("waiting-new", last=ago(200)),
+            job("running", last=ago(400), start=ago(350)),
+            job("failed", last=ago(500), error=ago(450)),
         ),
         started=0.0,
         finished=1.0,
@@ -172,17 +168,13 @@ def test_per_job_order_puts_errors_then_running_then_waiting_newest_first() -> N
 
 
 def test_jobs_with_unknown_states_or_unreadable_times_are_set_aside_and_counted() -> None:
-    strange = job("strange", last=ago(10)).model_copy(update={"state": "exploded"})
-    bad_time = JobRow.model_validate(
-        {
-            "id": "bad-time",
-            "state": "complete",
-            "transition_times": [{"state": "complete", "time": "2026-11-02 noonish"}],
-        }
-    )
-    snapshot = build_snapshot(
-        ScanOutcome(rows=[strange, bad_time, job("fine")]), started=0.0, finished=1.0
-    )
+    strange = job("strange", last=ago(10)) | {"state": "exploded"}
+    bad_time = {
+        "id": "bad-time",
+        "state": "complete",
+        "transition_times": [{"state": "complete", "time": "2026-11-02 noonish"}],
+    }
+    snapshot = build_snapshot(listed(strange, bad_time, job("fine")), started=0.0, finished=1.0)
     assert [j.id for j in snapshot.jobs] == ["fine"]
     assert snapshot.unreadable_jobs == 2
 
