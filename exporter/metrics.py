@@ -5,17 +5,31 @@ histograms, request durations) are ordinary prometheus-client instruments, updat
 scan. The picture of the jobs is rendered by SnapshotCollector afresh on every scrape from the
 last successful scan: a job that leaves the window leaves ``/metrics`` with it, and ages are
 measured at the moment of the scrape.
+
+``ExporterMetrics.render`` serves ``/metrics``. prometheus-client formats everything but the
+three per-job families, whose thousands of series would cost it some 15 µs each; those are
+written here, once per snapshot, with only the ages of unfinished imports formatted per scrape.
+The registry still holds every family, so prometheus-client's own rendering of it stays the
+reference that the fast path must match.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.cts import ERROR_REASONS, JOB_STATES, ErrorReason
@@ -45,6 +59,9 @@ REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 JOB_LABELS = ("job_id", "user", "cluster", "image")
 
+# prometheus-client's own spelling of a sample value, so the text written here matches its.
+_sample_value: Callable[[float], str] = floatToGoString
+
 
 @dataclass
 class ScanHealth:
@@ -63,13 +80,15 @@ class ScanHealth:
 class ExporterMetrics:
     """Every metric the exporter serves, in a registry of its own."""
 
-    def __init__(self, max_job_series: int) -> None:
+    def __init__(self, max_job_series: int, clock: Callable[[], float] = time.time) -> None:
         # ``_created`` series double every counter's output and no rule or panel reads them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.health = ScanHealth()
         self.snapshot: Snapshot | None = None
         self.max_job_series = max_job_series
+        self.clock = clock
+        self._job_text: JobSeriesText | None = None
 
         self.scans = Counter(
             "cts_exporter_scans", "Scans of the CTS attempted.", registry=self.registry
@@ -109,7 +128,44 @@ class ExporterMetrics:
             buckets=REQUEST_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(SnapshotCollector(self))
+        self._instruments: tuple[Collector, ...] = (
+            self.scans,
+            self.scan_errors,
+            self.imports,
+            self.latency,
+            self.duration,
+            self.requests,
+        )
+        self._snapshot_collector = SnapshotCollector(self)
+        self.registry.register(self._snapshot_collector)
+
+    def render(self, *, openmetrics: bool = False) -> bytes:
+        """The ``/metrics`` body: the classic text format, or OpenMetrics when asked.
+
+        It holds the same families and samples as prometheus-client's rendering of
+        ``registry``; the per-job families come from text kept for the current snapshot.
+        """
+        now = self.clock()
+        snapshot = self.snapshot
+        if snapshot is None:
+            # Nothing per job yet: the whole registry is a few dozen series.
+            return _generate(self.registry, openmetrics)
+        summary = _Families(
+            [
+                *(metric for instrument in self._instruments for metric in instrument.collect()),
+                *self._snapshot_collector.summary(snapshot, now),
+            ]
+        )
+        head = _generate(summary, openmetrics)
+        if openmetrics:
+            # The families written here belong before the end marker.
+            head = head.removesuffix(_OPENMETRICS_END)
+        job_text = self._job_text
+        cap = self.max_job_series
+        if job_text is None or job_text.snapshot is not snapshot or job_text.cap != cap:
+            job_text = self._job_text = JobSeriesText(snapshot, cap)
+        tail = job_text.render(now, openmetrics).encode()
+        return head + tail + _OPENMETRICS_END if openmetrics else head + tail
 
     def observe_request(self, endpoint: str, seconds: float) -> None:
         """Record one CTS request's latency."""
@@ -126,6 +182,9 @@ class ExporterMetrics:
                 self.duration.observe(max(job.view.duration, 0.0))
         self.scans.inc()
         self.snapshot = snapshot
+        # Let the last snapshot's text, and with it the snapshot, go now rather than at the
+        # next scrape.
+        self._job_text = None
         self.health.last_success = True
         self.health.last_success_at = snapshot.finished_at
         self.health.last_duration = snapshot.duration
@@ -148,14 +207,19 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield every gauge, with ages measured now."""
-        now = time.time()
-        yield from self._health_gauges()
+        now = self._metrics.clock()
         snapshot = self._metrics.snapshot
         if snapshot is None:
+            yield from self._health_gauges()
             yield from _empty_picture()
             return
-        yield from _picture(snapshot, now)
+        yield from self.summary(snapshot, now)
         yield from _job_series(snapshot, now, self._metrics.max_job_series)
+
+    def summary(self, snapshot: Snapshot, now: float) -> Iterator[Metric]:
+        """Every gauge of ``snapshot`` but the per-job families and the count they dropped."""
+        yield from self._health_gauges()
+        yield from _picture(snapshot, now)
 
     def _health_gauges(self) -> Iterator[Metric]:
         health = self._metrics.health
@@ -277,19 +341,22 @@ def _picture(snapshot: Snapshot, now: float) -> Iterator[Metric]:
     yield _gauge("cts_import_clock_skew_jobs", _SKEW_HELP, snapshot.skewed)
 
 
+_LAG = "cts_import_job_lag_seconds"
+_LAG_JOB_HELP = (
+    "Per completed job: outcome time minus completion time, or now minus completion time "
+    "while not finished."
+)
+_SINCE = "cts_import_job_status_timestamp_seconds"
+_SINCE_HELP = "Per completed job: when it entered its import status."
+_TRANSITION = "cts_job_last_transition_timestamp_seconds"
+_TRANSITION_HELP = "Per job in the window: time of its last state transition."
+_DROPPED = "cts_exporter_job_series_dropped"
+
+
 def _job_series(snapshot: Snapshot, now: float, cap: int) -> Iterator[Metric]:
     """One series per job, problems first, up to ``cap`` per family."""
-    lag = GaugeMetricFamily(
-        "cts_import_job_lag_seconds",
-        "Per completed job: outcome time minus completion time, or now minus completion time "
-        "while not finished.",
-        labels=[*JOB_LABELS, "status"],
-    )
-    since = GaugeMetricFamily(
-        "cts_import_job_status_timestamp_seconds",
-        "Per completed job: when it entered its import status.",
-        labels=[*JOB_LABELS, "status"],
-    )
+    lag = GaugeMetricFamily(_LAG, _LAG_JOB_HELP, labels=[*JOB_LABELS, "status"])
+    since = GaugeMetricFamily(_SINCE, _SINCE_HELP, labels=[*JOB_LABELS, "status"])
     for job in snapshot.imports[:cap]:
         view = job.view
         assert view is not None and job.completed_at is not None
@@ -297,21 +364,124 @@ def _job_series(snapshot: Snapshot, now: float, cap: int) -> Iterator[Metric]:
         if view.latency is not None:
             lag.add_metric(labels, view.latency)
         else:
-            lag.add_metric(labels, max(now - job.completed_at, 0.0))
+            lag.add_metric(labels, _age(job.completed_at, now))
         since.add_metric(labels, view.since)
     yield lag
     yield since
 
-    transitions = GaugeMetricFamily(
-        "cts_job_last_transition_timestamp_seconds",
-        "Per job in the window: time of its last state transition.",
-        labels=[*JOB_LABELS, "state"],
-    )
+    transitions = GaugeMetricFamily(_TRANSITION, _TRANSITION_HELP, labels=[*JOB_LABELS, "state"])
     for job in snapshot.jobs[:cap]:
         transitions.add_metric(
             [job.id, job.user, job.cluster, job.image, job.state], job.last_transition
         )
     yield transitions
+    yield _gauge(_DROPPED, _DROPPED_HELP, _dropped(snapshot, cap))
 
-    dropped = max(len(snapshot.imports) - cap, 0) + max(len(snapshot.jobs) - cap, 0)
-    yield _gauge("cts_exporter_job_series_dropped", _DROPPED_HELP, dropped)
+
+def _age(completed_at: float, now: float) -> float:
+    """An unfinished import's lag; never negative, even when the CTS's clock runs ahead."""
+    return max(now - completed_at, 0.0)
+
+
+def _dropped(snapshot: Snapshot, cap: int) -> int:
+    return max(len(snapshot.imports) - cap, 0) + max(len(snapshot.jobs) - cap, 0)
+
+
+class JobSeriesText:
+    """The per-job families of one snapshot, and the count the cap dropped, as exposition text.
+
+    The same samples as ``_job_series``, in the same order. All but the lag of unfinished
+    imports stays the same from scrape to scrape, so it is written once, here; ``render`` only
+    formats those lags. The text suits both formats: the families are gauges, whose lines the
+    classic and OpenMetrics formats write alike; only the HELP escaping differs.
+    """
+
+    def __init__(self, snapshot: Snapshot, cap: int) -> None:
+        self.snapshot = snapshot
+        self.cap = cap
+        # The lag family's lines are cut before each unfinished import's value: the chunks
+        # between the cuts are fixed, the values are ages, formatted per scrape.
+        chunks: list[str] = []
+        unfinished: list[float] = []
+        lines: list[str] = []
+        since: list[str] = []
+        for job in snapshot.imports[:cap]:
+            view = job.view
+            assert view is not None and job.completed_at is not None
+            labels = _label_text(job, "status", view.status.value)
+            since.append(f"{_SINCE}{{{labels}}} {_sample_value(view.since)}\n")
+            if view.latency is not None:
+                lines.append(f"{_LAG}{{{labels}}} {_sample_value(view.latency)}\n")
+            else:
+                lines.append(f"{_LAG}{{{labels}}} ")
+                chunks.append("".join(lines))
+                unfinished.append(job.completed_at)
+                lines = ["\n"]
+        chunks.append("".join(lines))
+        self._lag_start = chunks[0]
+        self._lag_rest = list(zip(unfinished, chunks[1:], strict=True))
+        self._since = "".join(since)
+        self._transitions = "".join(
+            f"{_TRANSITION}{{{_label_text(job, 'state', job.state)}}} "
+            f"{_sample_value(job.last_transition)}\n"
+            for job in snapshot.jobs[:cap]
+        )
+        self._dropped = f"{_DROPPED} {_sample_value(_dropped(snapshot, cap))}\n"
+
+    def render(self, now: float, openmetrics: bool) -> str:
+        """The families' text with the ages of unfinished imports measured at ``now``."""
+        parts = [_header(_LAG, _LAG_JOB_HELP, openmetrics), self._lag_start]
+        for completed_at, after in self._lag_rest:
+            parts.append(_sample_value(_age(completed_at, now)))
+            parts.append(after)
+        parts += (
+            _header(_SINCE, _SINCE_HELP, openmetrics),
+            self._since,
+            _header(_TRANSITION, _TRANSITION_HELP, openmetrics),
+            self._transitions,
+            _header(_DROPPED, _DROPPED_HELP, openmetrics),
+            self._dropped,
+        )
+        return "".join(parts)
+
+
+def _label_text(job: JobRecord, name: str, value: str) -> str:
+    """A job's labels as a sample writes them inside braces: sorted by name, values escaped."""
+    pairs = sorted(
+        zip((*JOB_LABELS, name), (job.id, job.user, job.cluster, job.image, value), strict=True)
+    )
+    return ",".join(f'{label}="{_escape_label_value(text)}"' for label, text in pairs)
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _header(name: str, documentation: str, openmetrics: bool) -> str:
+    """A gauge family's HELP and TYPE lines; OpenMetrics also escapes quotes in HELP."""
+    documentation = documentation.replace("\\", "\\\\").replace("\n", "\\n")
+    if openmetrics:
+        documentation = documentation.replace('"', '\\"')
+    return f"# HELP {name} {documentation}\n# TYPE {name} gauge\n"
+
+
+_OPENMETRICS_END = b"# EOF\n"
+
+
+class _Families(Collector):
+    """Families already collected, handed to prometheus-client's writers."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        """The families, as given."""
+        return self._families
+
+
+def _generate(collector: Collector, openmetrics: bool) -> bytes:
+    """prometheus-client's rendering of ``collector`` in the chosen format."""
+    if openmetrics:
+        text: bytes = generate_openmetrics(collector)  # type: ignore[no-untyped-call]
+        return text
+    return generate_latest(collector)

@@ -6,12 +6,9 @@ import html
 import time
 from collections.abc import Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.openmetrics.exposition import (
     CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE,
-)
-from prometheus_client.openmetrics.exposition import (
-    generate_latest as generate_openmetrics,
 )
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,12 +28,10 @@ def create_app(
 
     async def serve_metrics(request: Request) -> Response:
         # Rendering reads only the last snapshot, so it never waits on a scan in progress.
+        # Prometheus asks for OpenMetrics first, so both formats take the same fast path.
         if "application/openmetrics-text" in request.headers.get("accept", ""):
-            return Response(
-                generate_openmetrics(metrics.registry),  # type: ignore[no-untyped-call]
-                media_type=OPENMETRICS_CONTENT_TYPE,
-            )
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+            return Response(metrics.render(openmetrics=True), media_type=OPENMETRICS_CONTENT_TYPE)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def landing(request: Request) -> Response:
         return HTMLResponse(_landing_page(metrics))
