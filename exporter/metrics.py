@@ -408,7 +408,7 @@ class JobSeriesText:
         for job in snapshot.imports[:cap]:
             view = job.view
             assert view is not None and job.completed_at is not None
-            labels = _label_text(job, "status", view.status.value)
+            labels = _label_text(_STATUS_LABELS, job, view.status.value)
             since.append(f"{_SINCE}{{{labels}}} {_sample_value(view.since)}\n")
             if view.latency is not None:
                 lines.append(f"{_LAG}{{{labels}}} {_sample_value(view.latency)}\n")
@@ -422,7 +422,7 @@ class JobSeriesText:
         self._lag_rest = list(zip(unfinished, chunks[1:], strict=True))
         self._since = "".join(since)
         self._transitions = "".join(
-            f"{_TRANSITION}{{{_label_text(job, 'state', job.state)}}} "
+            f"{_TRANSITION}{{{_label_text(_STATE_LABELS, job, job.state)}}} "
             f"{_sample_value(job.last_transition)}\n"
             for job in snapshot.jobs[:cap]
         )
@@ -445,12 +445,24 @@ class JobSeriesText:
         return "".join(parts)
 
 
-def _label_text(job: JobRecord, name: str, value: str) -> str:
-    """A job's labels as a sample writes them inside braces: sorted by name, values escaped."""
-    pairs = sorted(
-        zip((*JOB_LABELS, name), (job.id, job.user, job.cluster, job.image, value), strict=True)
+def _label_template(name: str) -> str:
+    """A format string for a job's labels plus ``name``, in the sorted order samples use.
+
+    Filled with the escaped job id, user, cluster, image and ``name``'s value, in that order.
+    """
+    labels = (*JOB_LABELS, name)
+    return ",".join(f'{label}="{{{labels.index(label)}}}"' for label in sorted(labels))
+
+
+_STATUS_LABELS = _label_template("status")
+_STATE_LABELS = _label_template("state")
+
+
+def _label_text(template: str, job: JobRecord, value: str) -> str:
+    """A job's labels as a sample writes them inside braces."""
+    return template.format(
+        *map(_escape_label_value, (job.id, job.user, job.cluster, job.image, value))
     )
-    return ",".join(f'{label}="{_escape_label_value(text)}"' for label, text in pairs)
 
 
 def _escape_label_value(value: str) -> str:

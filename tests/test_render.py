@@ -44,7 +44,7 @@ def window() -> Snapshot:
     """Every import status and some non-complete jobs, with label values that need escaping."""
     return build_snapshot(
         listed(
-            job(HOSTILE_ID, user="zoë", cluster='c"1', image="reg/ü\\img:2", start=ago(30)),
+            job(HOSTILE_ID, user="zoë{0}", cluster='c"1', image="reg/ü\\img:2", start=ago(30)),
             job("waiting-1", last=ago(120)),
             job("waiting-2", last=ago(50), user="line\nbreak"),
             job("running", start=ago(20)),
@@ -90,7 +90,7 @@ def test_fast_text_holds_the_same_samples_as_prometheus_client() -> None:
         found,
         "cts_import_job_lag_seconds",
         job_id=HOSTILE_ID,
-        user="zoë",
+        user="zoë{0}",
         cluster='c"1',
         image="reg/ü\\img",
         status="running",
