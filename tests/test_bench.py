@@ -44,5 +44,5 @@ def test_benchmark_measures_a_small_window_and_prints_every_table() -> None:
     assert status[1] == "20" and status[3] == "200"
     scrape = table_row(output, "200", "render ms, cap")
     # 200 jobs are below the default cap, so capped and uncapped renders are the same size.
-    assert scrape[2] == scrape[4]
-    assert float(scrape[6]) >= float(scrape[5]) > 0
+    assert scrape[3] == scrape[6]
+    assert float(scrape[8]) >= float(scrape[7]) > 0
