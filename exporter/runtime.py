@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -61,15 +62,16 @@ class Exporter:
         try:
             async with asyncio.timeout(self.settings.scan_timeout):
                 admin = await self._contact()
-                await list_window(
-                    self.client,
-                    admin=admin,
-                    now=datetime.fromtimestamp(started, UTC),
-                    lookback=timedelta(seconds=self.settings.lookback),
-                    page_size=self.settings.page_size,
-                    max_jobs=self.settings.max_jobs,
-                    outcome=outcome,
-                )
+                with _paused_cycle_collector():
+                    await list_window(
+                        self.client,
+                        admin=admin,
+                        now=datetime.fromtimestamp(started, UTC),
+                        lookback=timedelta(seconds=self.settings.lookback),
+                        page_size=self.settings.page_size,
+                        max_jobs=self.settings.max_jobs,
+                        outcome=outcome,
+                    )
         except CtsError as error:
             self._fail(error.reason, str(error), started, outcome)
             return
@@ -94,7 +96,8 @@ class Exporter:
             self._scan_task = None
 
         finished = time.time()
-        snapshot = build_snapshot(outcome, started=started, finished=finished)
+        with _paused_cycle_collector():
+            snapshot = build_snapshot(outcome, started=started, finished=finished)
         self.metrics.scan_succeeded(snapshot, self._tracker.new_outcomes(snapshot))
         counts = snapshot.status_counts
         log.info(
@@ -205,6 +208,24 @@ class Exporter:
         stop_requested.cancel()
         await self.client.aclose()
         return 0
+
+
+@contextlib.contextmanager
+def _paused_cycle_collector() -> Iterator[None]:
+    """Keep Python's cycle collector out of a scan's way.
+
+    A scan allocates hundreds of thousands of short-lived, acyclic objects (decoded pages,
+    records) while the last snapshot's as many stay alive, so the collector would walk them all
+    again and again: a third of a 100,000-job scan's CPU. Reference counting still frees what
+    the scan drops; cycles wait for the collector's next run after the scan.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _QuietServer(uvicorn.Server):
