@@ -27,8 +27,11 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``90s``, ``15m``, ``2h``, ``7d``, ``1w``, ``250ms`` or plain seconds."""
+def parse_duration(value: object, *, allow_zero: bool = False) -> float:
+    """Seconds from ``90s``, ``15m``, ``2h``, ``7d``, ``1w``, ``250ms`` or plain seconds.
+
+    Zero is refused unless ``allow_zero``, as no wait or interval of the exporter can be zero.
+    """
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
@@ -36,7 +39,7 @@ def parse_duration(value: object) -> float:
         if match is None:
             raise ValueError(f"{value!r} is not a duration like 90s, 15m, 2h, 7d or 30")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError("a duration must be more than zero")
     return seconds
 

@@ -5,21 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from exporter import settings
 from exporter.simulator import SimulatorOptions, start_simulator
 from exporter.simulator.world import WorldSettings
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9854"
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$")
 
-# World settings offered as flags, beyond the ones the common interface names explicitly.
+# World settings offered as flags beyond the ones declared one by one below.
 _WORLD_FLAGS = (
     "arrival_interval", "job_error_share", "job_cancel_share", "no_importer_share",
     "import_error_share", "import_stuck_share", "import_duration", "pickup_delay",
@@ -32,19 +30,19 @@ _DURATION_SETTINGS = {
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `90`, `2s`, `500ms`, `5m`, `12h`, `7d` or `1w`."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 5m, 7d)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    """Seconds in `90`, `2s`, `500ms`, `5m`, `12h`, `7d` or `1w`; zero is allowed."""
+    try:
+        return settings.parse_duration(text, allow_zero=True)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
     """`HOST:PORT` (IPv6 hosts in brackets) as a host and a port."""
-    host, separator, port = text.rpartition(":")
-    if not separator or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - an empty host means all
+    try:
+        return settings.split_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
