@@ -37,24 +37,8 @@ from exporter.imports import FINISHED_STATUSES, ImportStatus
 from exporter.scan import JobRecord, Snapshot
 
 # Imports take from seconds (nothing to import) to a day (a backlog behind a CSE outage).
-IMPORT_BUCKETS = (
-    1,
-    5,
-    15,
-    30,
-    60,
-    120,
-    300,
-    600,
-    1200,
-    1800,
-    3600,
-    7200,
-    14400,
-    28800,
-    43200,
-    86400,
-)
+IMPORT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800,
+                  43200, 86400)  # fmt: skip
 REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 JOB_LABELS = ("job_id", "user", "cluster", "image")
