@@ -84,7 +84,7 @@ class Exporter:
                 raise
             # Cancelled by serve() on SIGTERM: an expected end, not a failure for the scheduler
             # to report with a traceback.
-            log.info("scan abandoned after %d pages: the exporter is stopping", outcome.pages)
+            log.info("scan abandoned after %d page(s): the exporter is stopping", outcome.pages)
             return
         except Exception as error:
             # A defect, most likely met through a CTS answer nobody foresaw. Counting it keeps
@@ -101,7 +101,7 @@ class Exporter:
         self.metrics.scan_succeeded(snapshot, self._tracker.new_outcomes(snapshot))
         counts = snapshot.status_counts
         log.info(
-            "scan ok: %d jobs in %d pages in %.2fs; imports waiting %d, running %d, error %d%s",
+            "scan ok: %d jobs, %d page(s), %.2fs; imports waiting %d, running %d, error %d%s",
             len(snapshot.jobs),
             snapshot.pages,
             snapshot.duration,
@@ -143,7 +143,7 @@ class Exporter:
         )
         retry = "fix the token; " if reason == "auth" else ""
         log.warning(
-            "scan failed (%s) after %d pages: %s; %s; %snext try in %gs",
+            "scan failed (%s) after %d page(s): %s; %s; %snext try in %gs",
             reason,
             outcome.pages,
             message,

@@ -58,7 +58,7 @@ def _landing_page(metrics: ExporterMetrics) -> str:
         age = time.time() - snapshot.finished_at
         picture = (
             f"Last successful scan {age:.0f}s ago: {len(snapshot.jobs)} jobs in "
-            f"{snapshot.pages} pages, {snapshot.duration:.2f}s."
+            f"{snapshot.pages} page(s), {snapshot.duration:.2f}s."
         )
     if health.last_success:
         outcome = "The last scan succeeded."
