@@ -108,57 +108,81 @@ async def list_window(
     after = now - lookback
     before: datetime | None = None
     seen: set[str] = set()
+    endpoint = "/admin/jobs" if admin else "/jobs"
     while True:
         page = await client.list_jobs(admin=admin, after=after, before=before, limit=page_size)
         outcome.pages += 1
-        oldest: float | None = None
-        fresh = 0
-        for row in page.rows:
-            record = read_job(row)
-            moment = record.last_transition if record else _last_transition(row)
-            if moment is not None and (oldest is None or moment < oldest):
-                oldest = moment
-            job_id = record.id if record else _job_id(row)
-            if job_id is not None:
-                if job_id in seen:
-                    continue
-                seen.add(job_id)
-            fresh += 1
-            if len(outcome.rows) + outcome.unreadable_rows == max_jobs:
-                outcome.truncated = True
-                return
-            if record is None:
-                outcome.unreadable_rows += 1
-            else:
-                outcome.rows.append(record)
+        taken = _take_page(page.rows, seen, outcome, max_jobs)
+        if taken is None or page.size < page_size:
+            return
+        oldest, fresh = taken
+        if oldest is None:
+            return
+        before = _next_before(oldest, fresh, before, page_size, endpoint, outcome)
+        if before is None:
+            return
 
-        if page.size < page_size or oldest is None:
-            return
-        try:
-            boundary = datetime.fromtimestamp(oldest, UTC)
-            past_boundary = boundary + timedelta(milliseconds=1)
-        except (OverflowError, ValueError, OSError):
-            # Only a corrupt time is this far off; it cannot be a page boundary.
-            log.warning("a job's last transition time is out of range; the listing stops there")
+
+def _take_page(
+    rows: list[object], seen: set[str], outcome: ScanOutcome, max_jobs: int
+) -> tuple[float | None, int] | None:
+    """Add a page's new jobs to ``outcome``: the page's oldest last-transition time and how
+    many of its rows were new, or None when the job cap was reached."""
+    oldest: float | None = None
+    fresh = 0
+    for row in rows:
+        record = read_job(row)
+        moment = record.last_transition if record else _last_transition(row)
+        if moment is not None and (oldest is None or moment < oldest):
+            oldest = moment
+        job_id = record.id if record else _job_id(row)
+        if job_id is not None:
+            if job_id in seen:
+                continue
+            seen.add(job_id)
+        fresh += 1
+        if len(outcome.rows) + outcome.unreadable_rows == max_jobs:
             outcome.truncated = True
-            return
-        if fresh == 0:
-            # A whole page shares one millisecond: more jobs share it than a page holds. Step
-            # past that millisecond so the scan ends; the rest of its jobs are not listed.
-            log.warning(
-                "more than %d jobs share the transition time %s; some of them are not listed",
-                page_size,
-                boundary.isoformat(),
-            )
-            outcome.truncated = True
-            next_before = boundary
+            return None
+        if record is None:
+            outcome.unreadable_rows += 1
         else:
-            next_before = past_boundary
-        if before is not None and next_before >= before:
-            # Only a CTS that ignores ``before`` sends this; asking again would never end.
-            endpoint = "/admin/jobs" if admin else "/jobs"
-            raise CtsError("payload", f"GET {endpoint}: the CTS ignores 'before'; cannot page")
-        before = next_before
+            outcome.rows.append(record)
+    return oldest, fresh
+
+
+def _next_before(
+    oldest: float,
+    fresh: int,
+    before: datetime | None,
+    page_size: int,
+    endpoint: str,
+    outcome: ScanOutcome,
+) -> datetime | None:
+    """The ``before`` of the next page after a full one; None when the listing must stop."""
+    try:
+        boundary = datetime.fromtimestamp(oldest, UTC)
+        past_boundary = boundary + timedelta(milliseconds=1)
+    except (OverflowError, ValueError, OSError):
+        # Only a corrupt time is this far off; it cannot be a page boundary.
+        log.warning("a job's last transition time is out of range; the listing stops there")
+        outcome.truncated = True
+        return None
+    next_before = past_boundary
+    if fresh == 0:
+        # A whole page shares one millisecond: more jobs share it than a page holds. Step past
+        # that millisecond so the scan ends; the rest of its jobs are not listed.
+        log.warning(
+            "more than %d jobs share the transition time %s; some of them are not listed",
+            page_size,
+            boundary.isoformat(),
+        )
+        outcome.truncated = True
+        next_before = boundary
+    if before is not None and next_before >= before:
+        # Only a CTS that ignores ``before`` sends this; asking again would never end.
+        raise CtsError("payload", f"GET {endpoint}: the CTS ignores 'before'; cannot page")
+    return next_before
 
 
 def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> Snapshot:
