@@ -7,7 +7,6 @@ import contextlib
 import gc
 import logging
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +18,7 @@ from exporter.cts import CtsClient, CtsError, ErrorReason, RetryPolicy, TokenSou
 from exporter.imports import ImportStatus, parse_time
 from exporter.metrics import ExporterMetrics
 from exporter.scan import OutcomeTracker, ScanOutcome, build_snapshot, list_window
-from exporter.server import create_app
+from exporter.server import EmbeddedServer, create_app, listening_socket
 from exporter.settings import ExporterSettings, split_address
 from exporter.webconfig import WebConfig, load_web_config
 
@@ -156,7 +155,7 @@ class Exporter:
         """Scan every interval and serve ``/metrics`` until SIGTERM or SIGINT; the exit code."""
         host, port = split_address(self.settings.listen_address)
         try:
-            listener = _listen(host, port)
+            listener = listening_socket(host, port)
         except OSError as error:
             log.error("cannot listen on %s: %s", self.settings.listen_address, error.strerror)
             return 1
@@ -166,7 +165,7 @@ class Exporter:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
 
-        server = _QuietServer(
+        server = EmbeddedServer(
             uvicorn.Config(
                 create_app(self.metrics, self.web.users),
                 log_config=None,
@@ -226,32 +225,3 @@ def _paused_cycle_collector() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signals to the exporter.
-
-    uvicorn re-raises a captured SIGTERM once it has shut down, which would end the process
-    with the signal's status instead of a clean exit.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket, bound before anything else starts so a busy port fails fast."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP by name: asyncio sets TCP_NODELAY only on sockets that say so, and without
-    # it a kept-alive client waits ~40 ms on every request after the first.
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError:
-        listener.close()
-        raise
-    listener.listen(128)
-    listener.setblocking(False)
-    return listener

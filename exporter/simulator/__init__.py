@@ -12,14 +12,14 @@ import json
 import logging
 import os
 import secrets
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 from pydantic import Field
 
+from exporter.server import EmbeddedServer, listening_socket
 from exporter.simulator.api import SimulatedCts, Tokens
 from exporter.simulator.faults import FaultRules, quiet_uvicorn_about_cut_responses
 from exporter.simulator.world import World, WorldSettings
@@ -90,14 +90,6 @@ def resolve_tokens(options: SimulatorOptions) -> Tokens:
     return Tokens(admin_token=admin_token, user_tokens=user_tokens)
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to whoever embeds it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def _drive(world: World) -> None:
     """Apply the world's events as they fall due, for as long as the simulator runs."""
     while True:
@@ -120,16 +112,13 @@ async def start_simulator(options: SimulatorOptions | None = None) -> AsyncItera
     await asyncio.to_thread(world.start)
     cts = SimulatedCts(world, tokens)
 
-    # IPPROTO_TCP by name, so that asyncio sets TCP_NODELAY on accepted connections.
-    family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((options.host, options.port))
+    listener = listening_socket(options.host, options.port)
     port = listener.getsockname()[1]
     quiet_uvicorn_about_cut_responses()
-    config = uvicorn.Config(cts.app, lifespan="off", log_config=None, access_log=False,
-                            log_level="warning")
-    server = _EmbeddedServer(config)
+    config = uvicorn.Config(
+        cts.app, lifespan="off", log_config=None, access_log=False, log_level="warning"
+    )
+    server = EmbeddedServer(config)
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     driving = asyncio.create_task(_drive(world))
     try:
