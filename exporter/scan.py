@@ -187,14 +187,12 @@ def _next_before(
 
 def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> Snapshot:
     """Classify the listed jobs and work out everything a scrape will need."""
-    jobs: list[JobRecord] = []
+    jobs = outcome.rows
     state_counts = dict.fromkeys(JOB_STATES, 0)
     status_counts = dict.fromkeys(ImportStatus, 0)
     invalid = skewed = 0
-    unreadable = outcome.unreadable_rows
-    for record in outcome.rows:
+    for record in jobs:
         state_counts[record.state] += 1
-        jobs.append(record)
         view = record.view
         if record.completed_at is None:
             continue
@@ -216,7 +214,7 @@ def build_snapshot(outcome: ScanOutcome, *, started: float, finished: float) -> 
         state_counts=state_counts,
         status_counts=status_counts,
         invalid_metadata=invalid,
-        unreadable_jobs=unreadable,
+        unreadable_jobs=outcome.unreadable_rows,
         skewed=skewed,
         oldest_waiting_completion=_oldest(imports, ImportStatus.WAITING),
         oldest_running_start=_oldest(imports, ImportStatus.RUNNING),
