@@ -18,11 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 import orjson
 import pydantic
+
+if TYPE_CHECKING:
+    from exporter.settings import ExporterSettings
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +371,26 @@ class CtsClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def client_for(
+    settings: ExporterSettings,
+    url: str,
+    token: TokenSource,
+    *,
+    retry: RetryPolicy | None = None,
+    on_request: RequestObserver | None = None,
+) -> CtsClient:
+    """A client for the CTS at ``url`` with the timeout, CA bundle and body cap of ``settings``."""
+    return CtsClient(
+        url,
+        token,
+        timeout=settings.request_timeout,
+        ca_bundle=settings.ca_bundle,
+        max_body_bytes=settings.max_response_bytes,
+        retry=retry,
+        on_request=on_request,
+    )
 
 
 class _Retryable(Exception):

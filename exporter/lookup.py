@@ -27,7 +27,14 @@ from enum import IntEnum
 from typing import Any, NoReturn, TextIO
 
 from exporter.cli import PROG, settings_from, token_source
-from exporter.cts import CtsClient, CtsError, Identity, RetryPolicy, TokenError
+from exporter.cts import (
+    CtsClient,
+    CtsError,
+    Identity,
+    RetryPolicy,
+    TokenError,
+    client_for,
+)
 from exporter.imports import ImportStatus, ImportView
 from exporter.scan import read_job
 from exporter.settings import ENV_PREFIX, parse_duration
@@ -517,11 +524,10 @@ def main(args: list[str]) -> int:
     # The client's warnings would repeat what the final message says; keep stderr for that.
     logging.getLogger("exporter").addHandler(logging.NullHandler())
     logging.getLogger("exporter").propagate = False
-    client = CtsClient(
+    client = client_for(
+        settings,
         settings.cts_url,
         token,
-        timeout=settings.request_timeout,
-        ca_bundle=settings.ca_bundle,
         # wait retries on its own schedule, bounded by its deadline
         retry=RetryPolicy(attempts=1) if command == "wait" else None,
     )

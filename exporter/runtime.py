@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.cts import CtsClient, CtsError, ErrorReason, RetryPolicy, TokenSource
+from exporter.cts import CtsError, ErrorReason, RetryPolicy, TokenSource, client_for
 from exporter.imports import ImportStatus, parse_time
 from exporter.metrics import ExporterMetrics
 from exporter.scan import OutcomeTracker, ScanOutcome, build_snapshot, list_window
@@ -40,14 +40,8 @@ class Exporter:
         if settings.web_config_file is not None:
             self.web = load_web_config(settings.web_config_file)
         self.metrics = ExporterMetrics(settings.max_job_series)
-        self.client = CtsClient(
-            cts_url,
-            token,
-            timeout=settings.request_timeout,
-            ca_bundle=settings.ca_bundle,
-            max_body_bytes=settings.max_response_bytes,
-            retry=retry,
-            on_request=self.metrics.observe_request,
+        self.client = client_for(
+            settings, cts_url, token, retry=retry, on_request=self.metrics.observe_request
         )
         self._tracker = OutcomeTracker()
         self._scan_task: asyncio.Task[None] | None = None
