@@ -24,19 +24,12 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from exporter.cts import JOB_STATES
+from tests import jobs
 
 TOKEN = "tok-7f3e9c1d2b-admin-secret"
-NORMAL_PATH = JOB_STATES[:6]  # the states a completed job passed through before `complete`
 
 
 # ---- jobs as the CTS sends them -------------------------------------------------------------
-
-
-def iso(moment: datetime, spelling: str = "Z") -> str:
-    """A time as the CTS writes it in bodies (``Z``) or the CSE in metadata (``+00:00``)."""
-    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z") if spelling == "Z" else text
 
 
 def ago(seconds: float) -> datetime:
@@ -52,34 +45,9 @@ def job(
     user: str = "alice",
     **cse: datetime | str,
 ) -> dict[str, Any]:
-    """A list row for a job that reached ``state`` at ``completed`` with the given CSE keys.
-
-    ``cse`` names keys by suffix (``start=``, ``complete=``, ``error=``, ``no_operation=``); a
-    datetime is written as the CSE writes it, a string as given.
-    """
-    end = completed or ago(600)
-    steps = [
-        {"state": step, "time": iso(end - timedelta(seconds=60 - n))}
-        for n, step in enumerate(NORMAL_PATH)
-    ]
-    if state != "complete":
-        steps = steps[: NORMAL_PATH.index(state)] if state in NORMAL_PATH else steps
-    steps.append({"state": state, "time": iso(end)})
-    meta = {
-        f"cse_event_processing_{key}": (
-            iso(value, "+00:00") if isinstance(value, datetime) else value
-        )
-        for key, value in cse.items()
-    }
-    return {
-        "id": job_id,
-        "state": state,
-        "user": user,
-        "transition_times": steps,
-        "admin_meta": meta,
-        "job_input": {"cluster": "kbase", "image": "ghcr.io/kbase/checkm2:1.0"},
-        "image": {"name": "ghcr.io/kbase/checkm2:1.0", "digest": "sha256:00"},
-    }
+    """A list row for a job that reached ``state`` at ``completed`` (ten minutes ago unless
+    given) with the given CSE keys, named by suffix as in ``tests.jobs.job``."""
+    return jobs.job(job_id, state=state, last=completed or ago(600), user=user, **cse)
 
 
 def _last_transition_ms(row: object) -> int | None:
@@ -359,7 +327,7 @@ class CtsStandIn:
                     "service_name": "CDM Task Service",
                     "version": "0.1.0-prototype6",
                     "git_hash": "0123abc",
-                    "server_time": iso(now),
+                    "server_time": jobs.cts_time(now),
                     "notes": ["a stand-in"],
                 }
             )

@@ -21,6 +21,7 @@ from exporter.server import create_app
 from exporter.settings import ExporterSettings
 from exporter.simulator import SimulatorOptions, start_simulator
 from tests.exposition import Samples, samples, value
+from tests.jobs import cts_time
 from tests.misbehaving import (
     TOKEN,
     Body,
@@ -34,7 +35,6 @@ from tests.misbehaving import (
     ago,
     free_port,
     http_date,
-    iso,
     job,
     unaccepting_port,
 )
@@ -369,7 +369,7 @@ async def test_every_spelling_of_a_time_is_read_and_bad_ones_are_counted(
     completed = ago(500).replace(microsecond=0)
     done = completed + timedelta(seconds=100)
     spellings = {
-        "zulu-millis": iso(done),
+        "zulu-millis": cts_time(done),
         "offset-micros": done.isoformat(),
         "no-fraction": done.replace(microsecond=0).isoformat(),
         "other-zone": done.astimezone(timezone(timedelta(hours=2))).isoformat(),
@@ -384,7 +384,7 @@ async def test_every_spelling_of_a_time_is_read_and_bad_ones_are_counted(
         job("number", completed=ago(500), complete=1761426605),  # type: ignore[arg-type]
     ]
     naive_transition = job("naive-transition", completed=ago(500))
-    naive_transition["transition_times"][-1]["time"] = iso(ago(500)).removesuffix("Z")
+    naive_transition["transition_times"][-1]["time"] = cts_time(ago(500)).removesuffix("Z")
     cts.jobs.append(naive_transition)
 
     found = await scan_once(cts)
