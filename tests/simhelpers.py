@@ -27,7 +27,10 @@ FINAL_KEYS = {CSE_COMPLETE: "complete", CSE_NO_OPERATION: "no_operation", CSE_ER
 def quiet_settings(**overrides: Any) -> dict[str, Any]:
     """World settings with nothing happening by itself: no preload, arrivals or outages."""
     settings: dict[str, Any] = {
-        "seed": 7, "jobs": 0, "arrival_interval": 0.0, "outage_interval": 0.0,
+        "seed": 7,
+        "jobs": 0,
+        "arrival_interval": 0.0,
+        "outage_interval": 0.0,
     }
     settings.update(overrides)
     return settings

@@ -33,11 +33,11 @@ from tests.misbehaving import (
     Stall,
     Status,
     ago,
-    free_port,
     http_date,
     job,
     unaccepting_port,
 )
+from tests.promstack import free_port
 
 pytestmark = pytest.mark.anyio
 

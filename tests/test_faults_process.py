@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import anyio
@@ -11,20 +10,11 @@ import httpx
 import pytest
 
 from tests.exposition import value
-from tests.misbehaving import TOKEN, CtsStandIn, Stall, ago, free_port, job
+from tests.misbehaving import TOKEN, CtsStandIn, Stall, ago, job
+from tests.promstack import free_port, wait_until
 from tests.test_exporter_process import exporter_process, write_token
 
 pytestmark = pytest.mark.anyio
-
-
-def wait_until(condition: object, what: str, within: float = 20) -> None:
-    """Poll a callable until it returns true."""
-    assert callable(condition)
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 async def test_sigterm_during_a_scan_ends_the_process_cleanly(tmp_path: Path) -> None:
@@ -32,7 +22,7 @@ async def test_sigterm_during_a_scan_ends_the_process_cleanly(tmp_path: Path) ->
         cts.jobs = [job("a", completed=ago(60))]
         cts.fail("/admin/jobs", Stall())
         with exporter_process(cts.url, write_token(tmp_path, TOKEN)) as exporter:
-            wait_until(lambda: cts.requests("/admin/jobs"), "the scan to reach the list")
+            wait_until(lambda: bool(cts.requests("/admin/jobs")), 20, "the scan to reach the list")
             exporter.process.send_signal(signal.SIGTERM)
             output, _ = exporter.process.communicate(timeout=10)
     assert exporter.process.returncode == 0
@@ -50,7 +40,7 @@ async def test_fifty_scrapes_during_a_stalled_scan_are_answered_and_no_second_sc
             await exporter.wait_for("a first scan", lambda s: s.get(SUCCESS) == 1)
             cts.fail("/admin/jobs", stall, times=1)
             stalled = len(cts.requests("/admin/jobs")) + 1
-            wait_until(lambda: len(cts.requests("/admin/jobs")) == stalled, "a scan to stall")
+            wait_until(lambda: len(cts.requests("/admin/jobs")) == stalled, 20, "a scan to stall")
 
             answers: list[httpx.Response] = []
             async with httpx.AsyncClient(timeout=10) as client:

@@ -80,9 +80,7 @@ def test_stale_no_operation_is_ignored_when_a_newer_outcome_exists() -> None:
 
 
 def test_latest_of_several_final_keys_wins() -> None:
-    assert (
-        status_of(meta(start=at(1), error=at(50), complete=at(90))) is ImportStatus.COMPLETE
-    )
+    assert status_of(meta(start=at(1), error=at(50), complete=at(90))) is ImportStatus.COMPLETE
     assert status_of(meta(start=at(1), complete=at(50), error=at(90))) is ImportStatus.ERROR
 
 

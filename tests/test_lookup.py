@@ -80,9 +80,18 @@ def cts() -> Iterator[SimulatedCts]:
         port = free_port()
         process = subprocess.Popen(
             [
-                COMMAND, "simulate", "--listen-address", f"127.0.0.1:{port}", "--jobs", "0",
-                "--arrival-interval", "0", "--admin-token-file", str(admin_file),
-                "--user-tokens-file", str(users_file),
+                COMMAND,
+                "simulate",
+                "--listen-address",
+                f"127.0.0.1:{port}",
+                "--jobs",
+                "0",
+                "--arrival-interval",
+                "0",
+                "--admin-token-file",
+                str(admin_file),
+                "--user-tokens-file",
+                str(users_file),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -134,7 +143,14 @@ def status(
 
 def wait_command(cts: SimulatedCts, job_id: str, token_file: Path, *flags: str) -> list[str]:
     return [
-        COMMAND, "wait", job_id, "--cts-url", cts.url, "--cts-token-file", str(token_file), *flags,
+        COMMAND,
+        "wait",
+        job_id,
+        "--cts-url",
+        cts.url,
+        "--cts-token-file",
+        str(token_file),
+        *flags,
     ]
 
 
@@ -197,8 +213,14 @@ def test_finished_import_exits_with_its_outcome_and_reports_lag_and_duration(
     text = status(cts, job, cts.token_file(OWNER))
     assert text.returncode == code
     assert text.stdout.startswith(f"job {job}: {headline}")
-    for line in (f"import    {outcome} at ", "started   ", "lag ", "(completion to outcome)",
-                 "duration ", "(start to outcome)"):
+    for line in (
+        f"import    {outcome} at ",
+        "started   ",
+        "lag ",
+        "(completion to outcome)",
+        "duration ",
+        "(start to outcome)",
+    ):
         assert line in text.stdout
 
     report = as_json(status(cts, job, cts.token_file(OWNER), "--json"))
@@ -329,8 +351,13 @@ def test_bad_token_is_rejected_and_never_printed(cts: SimulatedCts) -> None:
 def test_unreachable_cts_is_unavailable(cts: SimulatedCts) -> None:
     closed = free_port()
     result = run(
-        "status", "some-job", "--cts-url", f"http://127.0.0.1:{closed}",
-        "--cts-token-file", str(cts.token_file(OWNER)), "--json",
+        "status",
+        "some-job",
+        "--cts-url",
+        f"http://127.0.0.1:{closed}",
+        "--cts-token-file",
+        str(cts.token_file(OWNER)),
+        "--json",
     )
     assert result.returncode == Exit.CTS_UNAVAILABLE == 11
     assert "CTS unavailable" in result.stderr
@@ -339,8 +366,11 @@ def test_unreachable_cts_is_unavailable(cts: SimulatedCts) -> None:
 
 def test_cts_answering_errors_is_unavailable(cts: SimulatedCts) -> None:
     job = cts.new_job()
-    cts.control("POST", "/_sim/faults",
-                {"rules": [{"action": "status", "status": 502, "path": f"/jobs/{job}"}]})
+    cts.control(
+        "POST",
+        "/_sim/faults",
+        {"rules": [{"action": "status", "status": 502, "path": f"/jobs/{job}"}]},
+    )
     try:
         result = status(cts, job, cts.token_file(OWNER))
     finally:
@@ -355,14 +385,22 @@ def test_cts_answering_errors_is_unavailable(cts: SimulatedCts) -> None:
 def test_url_and_token_come_from_the_environment(cts: SimulatedCts) -> None:
     job = cts.new_job()
     cts.write_import(job, "complete")
-    from_token = run("status", job, env=_clean_environment(
-        CTS_EXPORTER_CTS_URL=cts.url,
-        CTS_EXPORTER_CTS_TOKEN=cts.token_file(OWNER).read_text().strip(),
-    ))
-    from_file = run("status", job, env=_clean_environment(
-        CTS_EXPORTER_CTS_URL=cts.url,
-        CTS_EXPORTER_CTS_TOKEN_FILE=str(cts.token_file(OWNER)),
-    ))
+    from_token = run(
+        "status",
+        job,
+        env=_clean_environment(
+            CTS_EXPORTER_CTS_URL=cts.url,
+            CTS_EXPORTER_CTS_TOKEN=cts.token_file(OWNER).read_text().strip(),
+        ),
+    )
+    from_file = run(
+        "status",
+        job,
+        env=_clean_environment(
+            CTS_EXPORTER_CTS_URL=cts.url,
+            CTS_EXPORTER_CTS_TOKEN_FILE=str(cts.token_file(OWNER)),
+        ),
+    )
     assert from_token.returncode == from_file.returncode == Exit.IMPORTED
 
 
@@ -455,7 +493,10 @@ def test_wait_returns_when_the_import_completes_mid_wait(cts: SimulatedCts) -> N
     job = cts.new_job()
     waiting = subprocess.Popen(
         wait_command(cts, job, cts.token_file(OWNER), "--interval", "0.2s", "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_environment(),
     )
     try:
         time.sleep(1.5)
@@ -490,8 +531,9 @@ def test_wait_ends_at_once_when_the_job_is_canceled(cts: SimulatedCts) -> None:
 def test_wait_times_out_with_the_last_report(cts: SimulatedCts) -> None:
     job = cts.new_job()
     cts.write_import(job, "start")
-    result = run(*wait_command(cts, job, cts.token_file(OWNER), "--timeout", "1s",
-                               "--interval", "0.2s")[1:])
+    result = run(
+        *wait_command(cts, job, cts.token_file(OWNER), "--timeout", "1s", "--interval", "0.2s")[1:]
+    )
     assert result.returncode == Exit.TIMED_OUT == 6
     assert "timed out after 1.0s: import running" in result.stderr
     assert result.stdout.startswith(f"job {job}: import running")
@@ -500,12 +542,17 @@ def test_wait_times_out_with_the_last_report(cts: SimulatedCts) -> None:
 def test_wait_retries_a_cts_that_fails_for_a_while(cts: SimulatedCts) -> None:
     job = cts.new_job()
     cts.write_import(job, "complete")
-    cts.control("POST", "/_sim/faults",
-                {"rules": [{"action": "status", "status": 503, "path": f"/jobs/{job}",
-                            "count": 3}]})
+    cts.control(
+        "POST",
+        "/_sim/faults",
+        {"rules": [{"action": "status", "status": 503, "path": f"/jobs/{job}", "count": 3}]},
+    )
     try:
-        result = run(*wait_command(cts, job, cts.token_file(OWNER), "--interval", "0.2s",
-                                   "--timeout", "10m")[1:])
+        result = run(
+            *wait_command(
+                cts, job, cts.token_file(OWNER), "--interval", "0.2s", "--timeout", "10m"
+            )[1:]
+        )
         rules = cts.control("GET", "/_sim/faults")["rules"]
     finally:
         cts.control("DELETE", "/_sim/faults")
@@ -515,9 +562,18 @@ def test_wait_retries_a_cts_that_fails_for_a_while(cts: SimulatedCts) -> None:
 
 def test_wait_on_an_unreachable_cts_gives_up_as_unavailable(cts: SimulatedCts) -> None:
     closed = free_port()
-    result = run("wait", "some-job", "--cts-url", f"http://127.0.0.1:{closed}",
-                 "--cts-token-file", str(cts.token_file(OWNER)), "--timeout", "1s",
-                 "--interval", "0.2s")
+    result = run(
+        "wait",
+        "some-job",
+        "--cts-url",
+        f"http://127.0.0.1:{closed}",
+        "--cts-token-file",
+        str(cts.token_file(OWNER)),
+        "--timeout",
+        "1s",
+        "--interval",
+        "0.2s",
+    )
     assert result.returncode == Exit.CTS_UNAVAILABLE
     assert "gave up after 1.0s" in result.stderr
 
@@ -530,8 +586,11 @@ def test_wait_ends_at_once_on_a_token_that_cannot_read_the_job(
     cts: SimulatedCts, token: str, code: Exit
 ) -> None:
     job = cts.new_job(user=OWNER)
-    token_file = (cts.token_file_holding("wrong-token", "wrong\n") if token == "bad"
-                  else cts.token_file(OTHER_USER))
+    token_file = (
+        cts.token_file_holding("wrong-token", "wrong\n")
+        if token == "bad"
+        else cts.token_file(OTHER_USER)
+    )
     started = time.monotonic()
     result = run(*wait_command(cts, job, token_file, "--timeout", "1h")[1:])
     assert result.returncode == code
@@ -543,7 +602,10 @@ def test_wait_shows_one_updating_line_on_a_terminal(cts: SimulatedCts) -> None:
     terminal, child_side = pty.openpty()
     waiting = subprocess.Popen(
         wait_command(cts, job, cts.token_file(OWNER), "--interval", "0.2s"),
-        stdout=subprocess.PIPE, stderr=child_side, text=True, env=_clean_environment(),
+        stdout=subprocess.PIPE,
+        stderr=child_side,
+        text=True,
+        env=_clean_environment(),
     )
     os.close(child_side)
     shown = b""
@@ -566,8 +628,9 @@ def test_wait_shows_one_updating_line_on_a_terminal(cts: SimulatedCts) -> None:
     lines = shown.split(b"\r\x1b[K")
     progress = [line for line in lines if line]
     assert len(progress) >= 3, "the line is updated at every check"
-    assert all(b" waited: waiting for the CSE to start the import (job " in line
-               for line in progress), progress
+    assert all(
+        b" waited: waiting for the CSE to start the import (job " in line for line in progress
+    ), progress
     assert all(len(line) < 80 for line in lines), "the line never wraps on an 80-column terminal"
     assert b"\n" not in shown, "progress stays on one line"
     assert shown.endswith(b"\r\x1b[K"), "the line is cleared before the report"
@@ -579,7 +642,10 @@ def test_wait_ends_when_the_token_file_goes_away(cts: SimulatedCts) -> None:
     token_file = cts.token_file_holding("vanishing-token", cts.token_file(OWNER).read_text())
     waiting = subprocess.Popen(
         wait_command(cts, job, token_file, "--interval", "0.2s", "--timeout", "10m"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_clean_environment(),
     )
     try:
         time.sleep(1.5)

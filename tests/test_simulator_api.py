@@ -47,8 +47,9 @@ def iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
-async def listed_ids(client: httpx.AsyncClient, headers: dict[str, str], path: str = "/admin/jobs",
-                     **params: Any) -> list[str]:
+async def listed_ids(
+    client: httpx.AsyncClient, headers: dict[str, str], path: str = "/admin/jobs", **params: Any
+) -> list[str]:
     response = await client.get(path, headers=headers, params=params)
     assert response.status_code == 200, response.text
     return [row["id"] for row in response.json()["jobs"]]
@@ -95,8 +96,9 @@ async def test_list_rows_omit_inputs_outputs_and_nulls_but_keep_admin_meta(
     done = completed_at(sim, 10)
     uuid_like = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
-    rows = {row["id"]: row for row in (await client.get("/admin/jobs", headers=admin)).json()[
-        "jobs"]}
+    rows = {
+        row["id"]: row for row in (await client.get("/admin/jobs", headers=admin)).json()["jobs"]
+    }
 
     assert rows[done.id]["admin_meta"] == {}
     assert rows[running.id]["admin_meta"] == {}
@@ -145,8 +147,9 @@ async def test_an_unknown_job_is_404_with_40040(
     for response in (
         await client.get(f"/admin/jobs/{missing}", headers=admin),
         await client.get(f"/jobs/{missing}/status", headers=bearer(sim.user_tokens["alice"])),
-        await client.put(f"/admin/jobs/{missing}/meta", headers=admin,
-                         json={"set_fields": {"a": 1}}),
+        await client.put(
+            f"/admin/jobs/{missing}/meta", headers=admin, json={"set_fields": {"a": 1}}
+        ),
     ):
         assert (response.status_code, appcode(response)) == (404, 40040)
         assert missing in response.json()["error"]["message"]
@@ -191,8 +194,9 @@ async def test_non_admins_are_refused_admin_calls(
     for response in (
         await client.get("/admin/jobs", headers=alice),
         await client.get(f"/admin/jobs/{job.id}", headers=alice),
-        await client.put(f"/admin/jobs/{job.id}/meta", headers=alice,
-                         json={"set_fields": {"a": 1}}),
+        await client.put(
+            f"/admin/jobs/{job.id}/meta", headers=alice, json={"set_fields": {"a": 1}}
+        ),
         await client.post("/_sim/jobs", headers=alice, json={}),
     ):
         assert (response.status_code, appcode(response)) == (403, 20000)
@@ -358,8 +362,9 @@ async def test_metadata_writes_overwrite_set_keys_and_leave_the_rest(
     job = completed_at(sim, 60)
     url = f"/admin/jobs/{job.id}/meta"
     first = await client.put(url, headers=admin, json={"set_fields": {"a": "x", "b": 1}})
-    second = await client.put(url, headers=admin,
-                              json={"set_fields": {"b": 2.5, "c": "y"}, "unset_keys": ["a"]})
+    second = await client.put(
+        url, headers=admin, json={"set_fields": {"b": 2.5, "c": "y"}, "unset_keys": ["a"]}
+    )
 
     assert (first.status_code, second.status_code) == (204, 204)
     row = (await client.get(f"/admin/jobs/{job.id}", headers=admin)).json()
@@ -379,7 +384,10 @@ async def test_metadata_writes_overwrite_set_keys_and_leave_the_rest(
     ids=["empty", "set and unset one key", "list value", "unknown field"],
 )
 async def test_bad_metadata_writes_are_400(
-    sim: Simulator, client: httpx.AsyncClient, admin: dict[str, str], body: dict[str, Any],
+    sim: Simulator,
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    body: dict[str, Any],
     code: int,
 ) -> None:
     job = completed_at(sim, 5)
@@ -396,15 +404,22 @@ async def test_bad_metadata_writes_are_400(
 async def test_control_jobs_complete_now_and_take_import_writes(
     sim: Simulator, client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    created = await client.post("/_sim/jobs", headers=admin, json={
-        "user": "carol", "image": "ghcr.io/kbase/checkm2:1.0", "cluster": "perlmutter-jaws"})
+    created = await client.post(
+        "/_sim/jobs",
+        headers=admin,
+        json={"user": "carol", "image": "ghcr.io/kbase/checkm2:1.0", "cluster": "perlmutter-jaws"},
+    )
     job = created.json()
     assert (job["user"], job["state"], job["job_input"]["cluster"]) == (
-        "carol", "complete", "perlmutter-jaws")
+        "carol",
+        "complete",
+        "perlmutter-jaws",
+    )
 
     for outcome in ("complete", "error", "start"):
-        written = await client.post(f"/_sim/jobs/{job['id']}/import", headers=admin,
-                                    json={"outcome": outcome})
+        written = await client.post(
+            f"/_sim/jobs/{job['id']}/import", headers=admin, json={"outcome": outcome}
+        )
         assert written.status_code == 200
 
     meta = written.json()["admin_meta"]
@@ -415,15 +430,21 @@ async def test_control_jobs_complete_now_and_take_import_writes(
 async def test_control_job_times_cannot_be_in_the_future(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    response = await client.post("/_sim/jobs", headers=admin,
-                                 json={"last_transition": iso(NOW + 3600)})
+    response = await client.post(
+        "/_sim/jobs", headers=admin, json={"last_transition": iso(NOW + 3600)}
+    )
 
     assert (response.status_code, appcode(response)) == (400, 30001)
 
 
 async def test_pausing_the_cse_over_http_piles_up_waiting_jobs() -> None:
-    options = quiet_options(pickup_delay=0.05, import_duration=0.05, import_stuck_share=0.0,
-                            import_error_share=0.0, speed=1.0)
+    options = quiet_options(
+        pickup_delay=0.05,
+        import_duration=0.05,
+        import_stuck_share=0.0,
+        import_error_share=0.0,
+        speed=1.0,
+    )
     async with start_simulator(options) as sim, httpx.AsyncClient(base_url=sim.url) as client:
         admin = bearer(sim.admin_token)
         paused = await client.post("/_sim/cse", headers=admin, json={"paused": True})
@@ -449,11 +470,13 @@ async def test_pausing_the_cse_over_http_piles_up_waiting_jobs() -> None:
 async def test_right_after_start_every_import_status_is_listed() -> None:
     options = SimulatorOptions(seed=3, jobs=2000)
     async with start_simulator(options) as sim, httpx.AsyncClient(base_url=sim.url) as client:
-        rows = (await client.get("/admin/jobs", headers=bearer(sim.admin_token),
-                                 params={"state": "complete"})).json()["jobs"]
+        rows = (
+            await client.get(
+                "/admin/jobs", headers=bearer(sim.admin_token), params={"state": "complete"}
+            )
+        ).json()["jobs"]
 
-    assert set(import_statuses(rows)) == {"waiting", "running", "complete", "no_operation",
-                                          "error"}
+    assert set(import_statuses(rows)) == {"waiting", "running", "complete", "no_operation", "error"}
 
 
 async def test_metadata_keys_from_the_cse_use_the_contract_spelling(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,9 @@ import httpx
 import pytest
 
 from exporter.simulator.cli import main
+from tests.promstack import free_port
 
 COMMAND = [sys.executable, "-m", "exporter.simulator"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_until_answering(url: str, process: subprocess.Popen[str]) -> None:
@@ -38,8 +31,14 @@ def wait_until_answering(url: str, process: subprocess.Popen[str]) -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [["--speed", "0"], ["--jobs", "-1"], ["--lookback", "7x"], ["--listen-address", "nowhere"],
-     ["--import-error-share", "2"], ["--no-such-flag"]],
+    [
+        ["--speed", "0"],
+        ["--jobs", "-1"],
+        ["--lookback", "7x"],
+        ["--listen-address", "nowhere"],
+        ["--import-error-share", "2"],
+        ["--no-such-flag"],
+    ],
     ids=lambda flags: flags[0],
 )
 def test_bad_flags_exit_2_with_a_message(
@@ -68,9 +67,22 @@ def test_serves_with_token_files_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
     admin_file = tmp_path / "admin.token"
     users_file = tmp_path / "users.json"
     process = subprocess.Popen(
-        [*COMMAND, "--listen-address", f"127.0.0.1:{port}", "--jobs", "50", "--seed", "2",
-         "--admin-token-file", str(admin_file), "--user-tokens-file", str(users_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *COMMAND,
+            "--listen-address",
+            f"127.0.0.1:{port}",
+            "--jobs",
+            "50",
+            "--seed",
+            "2",
+            "--admin-token-file",
+            str(admin_file),
+            "--user-tokens-file",
+            str(users_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/", process)
@@ -78,8 +90,10 @@ def test_serves_with_token_files_and_stops_cleanly_on_sigterm(tmp_path: Path) ->
         user_tokens = json.loads(users_file.read_text())
         headers = {"Authorization": f"Bearer {admin_token}"}
         jobs = httpx.get(f"http://127.0.0.1:{port}/admin/jobs", headers=headers).json()["jobs"]
-        whoami = httpx.get(f"http://127.0.0.1:{port}/whoami",
-                           headers={"Authorization": f"Bearer {user_tokens['alice']}"}).json()
+        whoami = httpx.get(
+            f"http://127.0.0.1:{port}/whoami",
+            headers={"Authorization": f"Bearer {user_tokens['alice']}"},
+        ).json()
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
@@ -98,14 +112,24 @@ def test_an_existing_admin_token_file_is_used_as_given(tmp_path: Path) -> None:
     admin_file = tmp_path / "admin.token"
     admin_file.write_text("given-admin-token\n")
     process = subprocess.Popen(
-        [*COMMAND, "--listen-address", f"127.0.0.1:{port}", "--jobs", "0",
-         "--admin-token-file", str(admin_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *COMMAND,
+            "--listen-address",
+            f"127.0.0.1:{port}",
+            "--jobs",
+            "0",
+            "--admin-token-file",
+            str(admin_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/", process)
-        whoami = httpx.get(f"http://127.0.0.1:{port}/whoami",
-                           headers={"Authorization": "Bearer given-admin-token"})
+        whoami = httpx.get(
+            f"http://127.0.0.1:{port}/whoami", headers={"Authorization": "Bearer given-admin-token"}
+        )
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=30)
@@ -119,7 +143,9 @@ def test_without_a_token_file_the_admin_token_is_printed_once() -> None:
     port = free_port()
     process = subprocess.Popen(
         [*COMMAND, "--listen-address", f"127.0.0.1:{port}", "--jobs", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_until_answering(f"http://127.0.0.1:{port}/", process)

@@ -79,8 +79,10 @@ async def test_an_injected_401_looks_like_the_cts_error(client: httpx.AsyncClien
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
-        ({"body": "<html><body>Bad gateway</body></html>", "content_type": "text/html"},
-         b"<html><body>Bad gateway</body></html>"),
+        (
+            {"body": "<html><body>Bad gateway</body></html>", "content_type": "text/html"},
+            b"<html><body>Bad gateway</body></html>",
+        ),
         ({"body": ""}, b""),
         ({"body": '{"jobs": [{"id": '}, b'{"jobs": [{"id": '),
         ({"body": "x", "repeat": 3_000_000}, b"x" * 3_000_000),
@@ -166,9 +168,7 @@ async def test_the_first_matching_rule_wins(client: httpx.AsyncClient) -> None:
     [{"action": "explode"}, {"action": "status", "count": 0}, {"action": "delay"}],
     ids=["unknown action", "zero count", "delay without seconds"],
 )
-async def test_malformed_rules_are_refused(
-    client: httpx.AsyncClient, rule: dict[str, Any]
-) -> None:
+async def test_malformed_rules_are_refused(client: httpx.AsyncClient, rule: dict[str, Any]) -> None:
     response = await client.post("/_sim/faults", json={"rules": [rule]})
 
     assert (response.status_code, response.json()["error"]["appcode"]) == (400, 30010)

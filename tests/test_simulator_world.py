@@ -40,8 +40,9 @@ def view(job: Job) -> dict[str, Any]:
 
 
 def statuses(world: World) -> Counter[str]:
-    return Counter(import_status(job.admin_meta) for job in world.jobs.values()
-                   if job.state == "complete")
+    return Counter(
+        import_status(job.admin_meta) for job in world.jobs.values() if job.state == "complete"
+    )
 
 
 def completed(world: World, count: int, clock_step: float = 1.0) -> list[Job]:
@@ -99,8 +100,9 @@ def test_the_same_seed_repeats_a_run_exactly() -> None:
         world.start()
         clock.advance(3600)
         world.advance()
-        return [(job.id, job.user, job.transitions, dict(job.admin_meta))
-                for job in world.jobs.values()]
+        return [
+            (job.id, job.user, job.transitions, dict(job.admin_meta)) for job in world.jobs.values()
+        ]
 
     assert run() == run()
 
@@ -170,8 +172,13 @@ def test_each_import_starts_after_the_previous_one_finished() -> None:
 
 def test_import_outcomes_follow_their_shares_over_a_seeded_run() -> None:
     world, clock = manual_world(
-        seed=11, jobs=4000, import_error_share=0.1, import_stuck_share=0.05,
-        no_importer_share=0.2, backlog_jobs=0, outage_interval=0.0,
+        seed=11,
+        jobs=4000,
+        import_error_share=0.1,
+        import_stuck_share=0.05,
+        no_importer_share=0.2,
+        backlog_jobs=0,
+        outage_interval=0.0,
     )
     world.start()
     clock.advance(86400)
@@ -283,8 +290,11 @@ def test_speed_divides_every_duration() -> None:
         world.start()
         clock.advance(86400 / speed)
         world.advance()
-        spans = sorted(job.last_ms - job.transitions[0][1] for job in world.jobs.values()
-                       if job.state == "complete")
+        spans = sorted(
+            job.last_ms - job.transitions[0][1]
+            for job in world.jobs.values()
+            if job.state == "complete"
+        )
         return spans[len(spans) // 2] / 1000
 
     assert median_job_seconds(10.0) == pytest.approx(median_job_seconds(1.0) / 10, rel=0.2)
